@@ -1,0 +1,1 @@
+"""Architectures. Importing this package registers every factory in harness.registry."""
