@@ -1,1 +1,2 @@
 """Architectures. Importing this package registers every factory in harness.registry."""
+from harness.nets import hrnet  # noqa: F401
