@@ -1,2 +1,3 @@
 """Architectures. Importing this package registers every factory in harness.registry."""
 from harness.nets import hrnet  # noqa: F401
+from harness.nets import pidnet  # noqa: F401
