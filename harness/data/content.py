@@ -54,7 +54,7 @@ def _random_crop(rng: np.random.Generator, image: Image.Image, size: int) -> Ima
     crop = image.crop((x0, y0, x0 + side, y0 + side))
     if rng.random() < 0.5:
         crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return crop.resize((size, size), Image.Resampling.LANCZOS)
+    return crop.resize((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)  # faster big downscales
 
 
 def _to_rgb(rng: np.random.Generator, crop: Image.Image) -> np.ndarray:

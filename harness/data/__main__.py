@@ -1,0 +1,100 @@
+"""`python -m harness.data check DIR` and `python -m harness.data synth ...`.
+
+check: validates a dataset and prints a summary, or every fault (exit code 2).
+synth: writes a synthetic set of the reference world (reused when the folder already holds the same set).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from harness.data.manifest import Dataset, DatasetError, dataset_hash, load_dataset
+
+EXIT_FAULTS = 2
+
+
+def _counts(counter: Counter) -> str:
+    return ", ".join(f"{name or '(none)'} {count}" for name, count in sorted(counter.items()))
+
+
+def summary_lines(dataset: Dataset, digest: str) -> list[str]:
+    watermarked = sum(sample.watermarked for sample in dataset)
+    widths = [sample.size[0] for sample in dataset]
+    heights = [sample.size[1] for sample in dataset]
+    conversions = Counter(dataset.conversions.values())
+    lines = [
+        f"dataset      {dataset.root}",
+        f"samples      {len(dataset)}",
+        f"kinds        {_counts(dataset.kinds())}",
+        f"watermarked  {watermarked}   clean {len(dataset) - watermarked}",
+        f"sizes        {len(set(s.size for s in dataset))} distinct; width {min(widths)}..{max(widths)}, "
+        f"height {min(heights)}..{max(heights)}",
+        f"masks        {sum(s.mask_path is not None for s in dataset)}   quads {sum(s.quad is not None for s in dataset)}"
+        f"   tilts {sum(s.tilt_deg is not None for s in dataset)}",
+        f"conversions  {_counts(conversions) if conversions else 'none'}",
+    ]
+    lines += [f"  {sample_id}: {note}" for sample_id, note in list(dataset.conversions.items())[:20]]
+    if len(dataset.conversions) > 20:
+        lines.append(f"  ... and {len(dataset.conversions) - 20} more")
+    lines.append(f"sha256       {digest}")
+    return lines
+
+
+def check(root: Path) -> int:
+    try:
+        dataset = load_dataset(root)
+    except DatasetError as error:
+        print(error, file=sys.stderr)
+        return EXIT_FAULTS
+    print("\n".join(summary_lines(dataset, dataset_hash(root))))
+    return 0
+
+
+def synth(args: argparse.Namespace) -> int:
+    from harness.data.synth import SynthConfig, generate, is_cached
+
+    cfg = SynthConfig(kind=args.kind, background=args.background == "yes", n=args.n, seed=args.seed,
+                      tilt_range=args.tilt_range, key=args.key)
+    if is_cached(cfg, args.out) and not args.force:
+        print(f"{args.out}: already holds this set ({cfg.n} scenes), kept")
+        return 0
+    start = time.perf_counter()
+    try:
+        generate(cfg, args.out, overwrite=args.force)
+    except FileExistsError as error:
+        print(error, file=sys.stderr)
+        return 1
+    seconds = time.perf_counter() - start
+    print(f"{args.out}: {cfg.n} {cfg.set_kind} scenes in {seconds:.1f} s ({cfg.n / max(seconds, 1e-9):.1f} scenes/s)")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="python -m harness.data", description=__doc__.splitlines()[0])
+    commands = root.add_subparsers(dest="command", required=True)
+    check_cmd = commands.add_parser("check", help="validate a dataset and print a summary")
+    check_cmd.add_argument("root", type=Path, metavar="DIR")
+    synth_cmd = commands.add_parser("synth", help="generate a synthetic set of the reference world")
+    synth_cmd.add_argument("--kind", choices=("clean", "fixed", "random"), required=True)
+    synth_cmd.add_argument("--background", choices=("yes", "no"), default="yes")
+    synth_cmd.add_argument("--n", type=int, required=True)
+    synth_cmd.add_argument("--seed", type=int, required=True)
+    synth_cmd.add_argument("--out", type=Path, required=True)
+    synth_cmd.add_argument("--tilt-range", type=float, default=5.0, help="tilt uniform in ±this many degrees")
+    synth_cmd.add_argument("--key", type=int, default=0, help="codec key")
+    synth_cmd.add_argument("--force", action="store_true", help="regenerate over an existing set")
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command == "check":
+        return check(args.root)
+    return synth(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,386 @@
+"""The dataset format and its validation.
+
+A dataset is a folder holding images and `manifest.csv`, one row per sample:
+
+    id         unique, non-empty
+    file       image path relative to the folder (any format PIL decodes; converted to RGB on load)
+    secret     100 characters of 0/1, or empty for an un-watermarked photo
+    mask_file  optional: ground-truth label mask, single channel, values 0 and 255 only, same size as the photo
+    quad       optional: label corners in photo pixels, "x0 y0 x1 y1 x2 y2 x3 y3", clockwise from top-left
+    tilt_deg   optional: the camera tilt the photo was taken (or made) with, in degrees
+    kind       optional: free text naming the set the sample belongs to (clean, fixed, random, ...)
+
+`load_dataset` validates every row (decoding every image and mask) before anything runs and raises one
+`DatasetError` listing every fault by line and id. Photos smaller than MIN_SIDE on a side are refused: the
+localizer's input is 400×400 and decoder2 fits the photo to it, so a tiny photo carries no readable watermark.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+from PIL import Image
+
+from harness.data.images import load_image_with_conversion, open_image
+
+MANIFEST_NAME = "manifest.csv"
+REQUIRED_COLUMNS = ("id", "file", "secret")
+OPTIONAL_COLUMNS = ("mask_file", "quad", "tilt_deg", "kind")
+COLUMNS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
+SECRET_BITS = 100
+MIN_SIDE = 64
+# A quad corner may sit this many pixels outside the photo (rounding of a label touching the border).
+QUAD_TOLERANCE_PX = 1.0
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One problem in a dataset, pointing at its manifest line (1 = header) and sample id when known."""
+
+    message: str
+    line: int | None = None
+    sample_id: str | None = None
+
+    def __str__(self) -> str:
+        where = []
+        if self.line is not None:
+            where.append(f"line {self.line}")
+        if self.sample_id:
+            where.append(f"id {self.sample_id!r}")
+        return f"{', '.join(where)}: {self.message}" if where else self.message
+
+
+class DatasetError(ValueError):
+    """A dataset failed validation; `faults` lists every problem found."""
+
+    def __init__(self, root: Path, faults: Sequence[Fault]):
+        self.root = root
+        self.faults = list(faults)
+        lines = "\n".join(f"  {fault}" for fault in self.faults)
+        super().__init__(f"dataset {root}: {len(self.faults)} fault(s)\n{lines}")
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: numpy fields make field-wise equality ambiguous
+class Sample:
+    id: str
+    file: str  # relative to the dataset root, as written in the manifest
+    path: Path
+    secret: np.ndarray | None  # uint8 (100,), read-only; None for an un-watermarked photo
+    size: tuple[int, int]  # (width, height) of the photo
+    line: int  # manifest line, for messages
+    mask_file: str | None = None
+    mask_path: Path | None = None
+    quad: np.ndarray | None = None  # float64 (4, 2), read-only: TL, TR, BR, BL in photo pixels
+    tilt_deg: float | None = None
+    kind: str = ""
+    conversion: str | None = None  # how the photo was converted to RGB ("L→RGB", ...), None when it was RGB
+
+    @property
+    def watermarked(self) -> bool:
+        return self.secret is not None
+
+
+@dataclass(frozen=True)
+class Dataset(Sequence[Sample]):
+    """A validated dataset: a read-only list of samples with the root they came from."""
+
+    root: Path
+    samples: tuple[Sample, ...]
+    conversions: dict[str, str] = field(default_factory=dict)  # sample id → conversion applied on load
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        return self.samples[index]
+
+    def __iter__(self) -> Iterator[Sample]:
+        return iter(self.samples)
+
+    def by_id(self, sample_id: str) -> Sample:
+        for sample in self.samples:
+            if sample.id == sample_id:
+                return sample
+        raise KeyError(f"no sample with id {sample_id!r} in dataset {self.root}")
+
+    def kinds(self) -> Counter:
+        return Counter(sample.kind for sample in self.samples)
+
+
+# ---------------------------------------------------------------------------------------------- formatting
+
+
+def secret_to_str(bits: np.ndarray | None) -> str:
+    """Secret bits as the manifest writes them (100 characters of 0/1, or empty)."""
+    if bits is None:
+        return ""
+    return "".join("1" if b else "0" for b in np.asarray(bits).reshape(-1))
+
+
+def quad_to_str(quad: np.ndarray | None) -> str:
+    if quad is None:
+        return ""
+    return " ".join(f"{v:.2f}" for v in np.asarray(quad, dtype=np.float64).reshape(-1))
+
+
+def write_manifest(root: str | Path, rows: Sequence[dict[str, str]]) -> Path:
+    """Write manifest.csv (columns in COLUMNS order; values already formatted as strings)."""
+    path = Path(root) / MANIFEST_NAME
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(COLUMNS), lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({column: row.get(column, "") for column in COLUMNS})
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- parsing
+
+
+def parse_secret(text: str) -> np.ndarray | None:
+    """Secret text → uint8 (100,) or None when empty; raises ValueError saying what is wrong."""
+    text = text.strip()
+    if not text:
+        return None
+    if len(text) != SECRET_BITS:
+        raise ValueError(f"secret has {len(text)} characters, expected {SECRET_BITS} (0/1) or empty")
+    others = sorted(set(text) - {"0", "1"})
+    if others:
+        raise ValueError(f"secret holds characters other than 0/1: {''.join(others)!r}")
+    bits = np.frombuffer(text.encode("ascii"), dtype=np.uint8) - ord("0")
+    bits.setflags(write=False)
+    return bits
+
+
+def parse_quad(text: str, size: tuple[int, int]) -> np.ndarray | None:
+    """Quad text → float64 (4, 2) or None when empty; raises ValueError saying what is wrong."""
+    text = text.strip()
+    if not text:
+        return None
+    parts = text.replace(",", " ").split()
+    if len(parts) != 8:
+        raise ValueError(f"quad has {len(parts)} numbers, expected 8 (x0 y0 x1 y1 x2 y2 x3 y3)")
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise ValueError(f"quad holds a value that is not a number: {text!r}") from None
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"quad holds a value that is not finite: {text!r}")
+    quad = np.array(values, dtype=np.float64).reshape(4, 2)
+    _check_quad_shape(quad, size)
+    quad.setflags(write=False)
+    return quad
+
+
+def _check_quad_shape(quad: np.ndarray, size: tuple[int, int]) -> None:
+    width, height = size
+    tol = QUAD_TOLERANCE_PX
+    outside = (quad[:, 0] < -tol) | (quad[:, 0] > width + tol) | (quad[:, 1] < -tol) | (quad[:, 1] > height + tol)
+    if outside.any():
+        raise ValueError(f"quad corner {int(np.argmax(outside))} lies outside the {width}×{height} photo")
+    edges = np.roll(quad, -1, axis=0) - quad
+    turns = edges[:, 0] * np.roll(edges, -1, axis=0)[:, 1] - edges[:, 1] * np.roll(edges, -1, axis=0)[:, 0]
+    # With y pointing down, a clockwise walk on screen turns with a positive cross product at every corner.
+    if not (turns > 0).all():
+        raise ValueError("quad is not a convex quadrilateral listed clockwise from top-left")
+
+
+def parse_tilt(text: str) -> float | None:
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        tilt = float(text)
+    except ValueError:
+        raise ValueError(f"tilt_deg {text!r} is not a number") from None
+    if not math.isfinite(tilt):
+        raise ValueError(f"tilt_deg {text!r} is not finite")
+    return tilt
+
+
+# ---------------------------------------------------------------------------------------------- validation
+
+
+@dataclass
+class _RowCheck:
+    """Validation of one manifest row; collects faults instead of stopping at the first."""
+
+    root: Path
+    line: int
+    row: dict[str, str]
+    faults: list[Fault] = field(default_factory=list)
+
+    @property
+    def sample_id(self) -> str:
+        return (self.row.get("id") or "").strip()
+
+    def fault(self, message: str) -> None:
+        self.faults.append(Fault(message, self.line, self.sample_id or None))
+
+    def resolve(self, column: str) -> Path | None:
+        """The file named in `column`, checked to be a relative path to an existing file inside the root."""
+        name = (self.row.get(column) or "").strip()
+        if not name:
+            self.fault(f"{column} is empty")
+            return None
+        relative = Path(name)
+        if relative.is_absolute() or ".." in relative.parts:
+            self.fault(f"{column} {name!r} must be a path relative to the dataset folder, inside it")
+            return None
+        path = self.root / relative
+        if not path.is_file():
+            self.fault(f"{column} {name!r} not found")
+            return None
+        return path
+
+    def photo(self, path: Path) -> tuple[tuple[int, int], str | None] | None:
+        try:
+            image, conversion = load_image_with_conversion(path)
+        except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
+            self.fault(f"file {path.name!r} cannot be decoded: {type(error).__name__}: {error}")
+            return None
+        if min(image.size) < MIN_SIDE:
+            self.fault(f"file {path.name!r} is {image.size[0]}×{image.size[1]}, smaller than {MIN_SIDE} px on a side")
+            return None
+        return image.size, conversion
+
+    def mask(self, path: Path, size: tuple[int, int]) -> bool:
+        try:
+            mask = open_image(path)
+        except Exception as error:
+            self.fault(f"mask_file {path.name!r} cannot be decoded: {type(error).__name__}: {error}")
+            return False
+        if mask.mode not in ("L", "1"):
+            self.fault(f"mask_file {path.name!r} has mode {mask.mode}, expected a single-channel 0/255 image")
+            return False
+        if mask.size != size:
+            self.fault(f"mask_file {path.name!r} is {mask.size[0]}×{mask.size[1]}, the photo is {size[0]}×{size[1]}")
+            return False
+        values = np.unique(np.asarray(mask.convert("L")))
+        if not set(values.tolist()) <= {0, 255}:
+            self.fault(f"mask_file {path.name!r} holds values other than 0 and 255 (e.g. {int(values[values % 255 != 0][0])})")
+            return False
+        return True
+
+    def parsed(self, column: str, parse, *args):
+        try:
+            return parse(self.row.get(column) or "", *args)
+        except ValueError as error:
+            self.fault(str(error))
+            return None
+
+    def sample(self) -> Sample | None:
+        if not self.sample_id:
+            self.fault("id is empty")
+        photo_path = self.resolve("file")
+        photo = self.photo(photo_path) if photo_path else None
+        secret = self.parsed("secret", parse_secret)
+        size = photo[0] if photo else None
+        quad = self.parsed("quad", parse_quad, size) if size and (self.row.get("quad") or "").strip() else None
+        mask_path = self.resolve("mask_file") if (self.row.get("mask_file") or "").strip() else None
+        if mask_path and size:
+            self.mask(mask_path, size)
+        tilt = self.parsed("tilt_deg", parse_tilt)
+        if self.faults or photo is None:
+            return None
+        return Sample(
+            id=self.sample_id, file=self.row["file"].strip(), path=photo_path, secret=secret, size=size,
+            line=self.line, mask_file=(self.row.get("mask_file") or "").strip() or None, mask_path=mask_path,
+            quad=quad, tilt_deg=tilt, kind=(self.row.get("kind") or "").strip(), conversion=photo[1],
+        )
+
+
+def _read_manifest(root: Path) -> tuple[list[tuple[int, dict[str, str]]], list[Fault]]:
+    """Rows of manifest.csv with their line numbers, or the faults that stop reading it."""
+    path = root / MANIFEST_NAME
+    if not path.is_file():
+        return [], [Fault(f"{MANIFEST_NAME} not found in {root}")]
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            header = reader.fieldnames or []
+            missing = [c for c in REQUIRED_COLUMNS if c not in header]
+            if missing:
+                return [], [Fault(f"{MANIFEST_NAME} lacks column(s) {', '.join(missing)} (header: {header})", 1)]
+            rows = [(reader.line_num, row) for row in reader]
+    except (UnicodeDecodeError, csv.Error) as error:
+        return [], [Fault(f"{MANIFEST_NAME} cannot be read: {error}")]
+    if not rows:
+        return [], [Fault(f"{MANIFEST_NAME} has no samples")]
+    return rows, []
+
+
+def _duplicate_faults(rows: list[tuple[int, dict[str, str]]]) -> list[Fault]:
+    first_line: dict[str, int] = {}
+    faults = []
+    for line, row in rows:
+        sample_id = (row.get("id") or "").strip()
+        if not sample_id:
+            continue
+        if sample_id in first_line:
+            faults.append(Fault(f"duplicate id (first on line {first_line[sample_id]})", line, sample_id))
+        else:
+            first_line[sample_id] = line
+    return faults
+
+
+def _extra_field_faults(rows: list[tuple[int, dict[str, str]]]) -> list[Fault]:
+    # csv.DictReader puts surplus cells under the key None: a row with more cells than the header.
+    return [Fault("row has more cells than the header", line, (row.get("id") or "").strip() or None)
+            for line, row in rows if row.get(None)]  # type: ignore[call-overload]
+
+
+def load_dataset(root: str | Path) -> Dataset:
+    """Read and validate the dataset at `root`; raise DatasetError listing every fault."""
+    root = Path(root)
+    rows, faults = _read_manifest(root)
+    if faults:
+        raise DatasetError(root, faults)
+    faults = _duplicate_faults(rows) + _extra_field_faults(rows)
+    samples = []
+    for line, row in rows:
+        check = _RowCheck(root, line, row)
+        sample = check.sample()
+        faults.extend(check.faults)
+        if sample is not None:
+            samples.append(sample)
+    if faults:
+        raise DatasetError(root, sorted(faults, key=lambda f: f.line or 0))
+    conversions = {s.id: s.conversion for s in samples if s.conversion}
+    return Dataset(root=root, samples=tuple(samples), conversions=conversions)
+
+
+# ---------------------------------------------------------------------------------------------- provenance
+
+
+def dataset_hash(root: str | Path) -> str:
+    """sha256 over manifest.csv and every file it references (photo, then mask), in manifest order.
+
+    Each file enters as its relative name, its byte length and its bytes, so renaming or moving bytes between
+    files changes the hash. A missing file raises DatasetError.
+    """
+    root = Path(root)
+    rows, faults = _read_manifest(root)
+    if faults:
+        raise DatasetError(root, faults)
+    digest = hashlib.sha256()
+    digest.update((root / MANIFEST_NAME).read_bytes())
+    for line, row in rows:
+        for column in ("file", "mask_file"):
+            name = (row.get(column) or "").strip()
+            if not name:
+                continue
+            path = root / name
+            if not path.is_file():
+                raise DatasetError(root, [Fault(f"{column} {name!r} not found", line, row.get("id"))])
+            digest.update(f"\n{name}\n{path.stat().st_size}\n".encode())
+            with open(path, "rb") as handle:
+                for chunk in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(chunk)
+    return digest.hexdigest()
