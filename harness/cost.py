@@ -1,0 +1,191 @@
+"""What a network costs: parameters, state_dict tensors, multiply-accumulates, fp32 size, latency.
+
+Units, never mixed: fvcore counts one multiply-add as one "flop", so its totals are MACs; we report them as GMACs
+(1e9 MACs) and give GFLOPs = 2 × total GMACs in its own, labelled column. fvcore ignores conv bias, counts eval-mode
+BatchNorm as 2 per element and bilinear upsampling as 4 per output element, and skips element-wise ops (add, mul,
+sigmoid) and pooling.
+
+    python -m harness.cost [--models NAME ...] [--hw 400] [--latency]
+
+prints one markdown row per registered localizer and sdecoder (bare network, factory defaults, batch 1).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tabulate import tabulate
+
+from harness.registry import create_model, get_entry, list_models
+
+
+@dataclass(frozen=True)
+class Cost:
+    params: int
+    tensors: int  # state_dict entries (parameters and buffers, BatchNorm counters included)
+    conv_gmacs: float  # fvcore "conv" operator, 1e9 multiply-accumulates
+    total_gmacs: float  # fvcore total, 1e9 multiply-accumulates
+    gflops: float  # 2 × total_gmacs (one MAC = two floating-point operations)
+    fp32_mib: float  # params × 4 bytes / 2^20
+    input_hw: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Latency:
+    p50_ms: float
+    p95_ms: float
+    device: str
+    threads: int
+    repeats: int
+
+
+def model_cost(model: nn.Module, input_hw: tuple[int, int] = (400, 400)) -> Cost:
+    """Counts for `model` on one 3×H×W input, in eval mode (the model's mode is restored afterwards)."""
+    params = sum(p.numel() for p in model.parameters())
+    conv, total = _fvcore_macs(model, input_hw)
+    return Cost(
+        params=params,
+        tensors=len(model.state_dict()),
+        conv_gmacs=conv / 1e9,
+        total_gmacs=total / 1e9,
+        gflops=2 * total / 1e9,
+        fp32_mib=params * 4 / 2**20,
+        input_hw=tuple(input_hw),
+    )
+
+
+def _fvcore_macs(model: nn.Module, input_hw: tuple[int, int]) -> tuple[int, int]:
+    from fvcore.nn import FlopCountAnalysis
+
+    x = _probe_input(model, input_hw)
+    was_training = model.training
+    model.eval()  # BatchNorm counts 2 per element in eval mode, 5 in train mode
+    try:
+        with warnings.catch_warnings(), _quiet_fvcore_logs():
+            warnings.simplefilter("ignore")  # tracer and deprecation warnings from torch.jit
+            analysis = (FlopCountAnalysis(model, x).unsupported_ops_warnings(False)
+                        .uncalled_modules_warnings(False).tracer_warnings("none"))
+            total = analysis.total()
+            conv = analysis.by_operator().get("conv", 0)
+    finally:
+        model.train(was_training)
+    return int(conv), int(total)
+
+
+class _quiet_fvcore_logs:
+    """fvcore reports every skipped op (add, mul, sigmoid, ...) through logging; those ops are skipped by design."""
+
+    def __enter__(self):
+        self._logger = logging.getLogger("fvcore")
+        self._level = self._logger.level
+        self._logger.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc):
+        self._logger.setLevel(self._level)
+
+
+def _probe_input(model: nn.Module, input_hw: tuple[int, int]) -> torch.Tensor:
+    first = next(model.parameters(), None)
+    device = first.device if first is not None else torch.device("cpu")
+    dtype = first.dtype if first is not None else torch.float32
+    return torch.zeros(1, 3, *input_hw, device=device, dtype=dtype)
+
+
+def count_conv_macs(model: nn.Module, input_hw: tuple[int, int]) -> int:
+    """Conv2d multiply-accumulates for one input, counted by forward hooks (fvcore's rule: bias ignored).
+
+    Only shapes matter, so a model built on the "meta" device gives the count of a 66 M-param network at once.
+    """
+    total = 0
+
+    def hook(conv: nn.Conv2d, _inputs, out: torch.Tensor) -> None:
+        nonlocal total
+        # each output element: in_channels/groups × kh × kw MACs
+        total += (out.numel() // out.shape[0]) * conv.weight[0].numel()
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(_probe_input(model, input_hw))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return total
+
+
+def measure_latency(fn_or_model: Callable[[torch.Tensor], object], x: torch.Tensor, warmup: int = 3,
+                    repeats: int = 20) -> Latency:
+    """Wall-clock latency of `fn_or_model(x)` under inference_mode; a model's train/eval mode is left as is.
+
+    On CUDA every call is bracketed by synchronisations, so the time is the kernels' time, not the launch time.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    cuda = x.device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    times_ms = []
+    with torch.inference_mode():
+        for i in range(warmup + repeats):
+            sync()
+            start = time.perf_counter()
+            fn_or_model(x)
+            sync()
+            if i >= warmup:
+                times_ms.append((time.perf_counter() - start) * 1e3)
+    device = torch.cuda.get_device_name(x.device) if cuda else str(x.device)
+    return Latency(
+        p50_ms=statistics.median(times_ms),
+        p95_ms=float(np.percentile(times_ms, 95)),
+        device=device,
+        threads=torch.get_num_threads(),
+        repeats=repeats,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------- CLI
+
+HEADERS = ["model", "kind", "params", "tensors", "conv GMACs", "total GMACs", "GFLOPs (2×MACs)", "fp32 MiB",
+           "CPU p50 ms"]
+
+
+def cost_row(name: str, hw: int, latency: bool, warmup: int, repeats: int) -> list:
+    model = create_model(name).eval()
+    cost = model_cost(model, (hw, hw))
+    p50 = "—"
+    if latency:
+        p50 = f"{measure_latency(model, torch.rand(1, 3, hw, hw), warmup, repeats).p50_ms:.1f}"
+    return [name, get_entry(name).kind, f"{cost.params:,}", cost.tensors, f"{cost.conv_gmacs:.2f}",
+            f"{cost.total_gmacs:.2f}", f"{cost.gflops:.2f}", f"{cost.fp32_mib:.1f}", p50]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m harness.cost", description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=None, help="registered names (default: all)")
+    parser.add_argument("--hw", type=int, default=400, help="square input side (default 400)")
+    parser.add_argument("--latency", action="store_true", help="also measure CPU latency (batch 1)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=20)
+    args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    names = args.models or list_models("localizer") + list_models("sdecoder")
+    rows = [cost_row(n, args.hw, args.latency, args.warmup, args.repeats) for n in names]
+    print(f"Input 1×3×{args.hw}×{args.hw}, eval mode; MACs from fvcore (1 MAC = 2 FLOPs); "
+          f"latency: CPU, {torch.get_num_threads()} thread(s), median of {args.repeats}.\n")
+    print(tabulate(rows, headers=HEADERS, tablefmt="github", disable_numparse=True))
+
+
+if __name__ == "__main__":
+    main()
