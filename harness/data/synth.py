@@ -258,7 +258,7 @@ def is_cached(cfg: SynthConfig, out_dir: Path) -> bool:
     record = out_dir / SYNTH_CONFIG_NAME
     if not record.is_file() or not (out_dir / "manifest.csv").is_file():
         return False
-    return json.loads(record.read_text()) == resolved_config(cfg)
+    return json.loads(record.read_text()) == json.loads(json.dumps(resolved_config(cfg)))  # tuples read as lists
 
 
 def write_scene(scene: Scene, index: int, out_dir: Path, cfg: SynthConfig) -> dict[str, str]:
