@@ -1,0 +1,153 @@
+"""The reference SDecoder: orientation-energy maps, a pilot-driven alignment search, a differentiable read-out.
+
+1. Luminance at half resolution (200×200), reflect-padded, one FFT; two Gaussian band-pass filters centred on the
+   wave vectors of orientations a and b give complex responses whose squared modulus, smoothed over about a cell,
+   is the local energy of each orientation. r = log E_a − log E_b is the orientation map (r > 0 ⇔ code 1).
+2. The ROI holds the label up to a rotation of a few degrees, a scale per axis and a shift (decoder2's residual
+   angle, the bounding box taking in background corners, a localizer's box error). Candidate affine maps are scored
+   by sampling r at the mapped pilot-cell centres and correlating with the known pilot codes; a coarse grid over
+   (angle, scale, shift) is refined twice around the best candidates. Scoring by pilots, not by overall confidence,
+   matters: the host's texture cannot fake the pilots' known pattern.
+3. The data cells are read by sampling r at their centres under the chosen map (bilinear grid_sample): the search is
+   a selection, the read-out is differentiable w.r.t. the input, and every sample in a batch is handled on its own.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from harness.codec.layout import LABEL_SIZE, CodecConfig, make_layout, wave_vectors
+
+LUMA = (0.299, 0.587, 0.114)
+WORK = 200  # maps are computed at half the ROI resolution
+PAD = 16  # reflect padding before the FFT, so the border cells do not wrap onto the opposite side
+BAND_SIGMA = 0.045  # band-pass width in cycles per working pixel (tolerates ±10 % scale and a few degrees)
+SMOOTH_SIGMA = 1.0  # energy smoothing in working pixels (the cell is 16.7 working pixels)
+EPS = 1e-8  # energy floor (luminance in [0, 1]); keeps flat regions at r ≈ 0
+LOGIT_GAIN = 1.5  # logit = gain · r, r being the log energy ratio
+
+
+def _coarse_grid() -> torch.Tensor:
+    """Candidate (angle°, scale x, scale y, shift x, shift y) of the coarse search (shift in ROI pixels)."""
+    angles = np.arange(-2.5, 2.51, 0.5)
+    scales = np.arange(0.88, 1.101, 0.02)
+    shifts = np.arange(-24, 24.1, 6.0)
+    rows = [(a, s, s, tx, ty) for a, s, tx, ty in itertools.product(angles, scales, shifts, shifts)]
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def _refine_offsets(step: tuple[float, float, float]) -> torch.Tensor:
+    """Offsets (angle, sx, sy, tx, ty) around a candidate: ±1 step per parameter, all combinations."""
+    d_angle, d_scale, d_shift = step
+    axes = [(-d_angle, 0, d_angle), (-d_scale, 0, d_scale), (-d_scale, 0, d_scale), (-d_shift, 0, d_shift),
+            (-d_shift, 0, d_shift)]
+    return torch.tensor(list(itertools.product(*axes)), dtype=torch.float64)
+
+
+REFINE_STEPS = ((0.25, 0.01, 3.0), (0.125, 0.005, 1.5), (0.0625, 0.0025, 0.75))
+TOP_K = 3  # coarse candidates refined
+
+
+class ReferenceSDecoder(nn.Module):
+    """B×3×400×400 ROI in [0, 1] → B×100 logits (logit > 0 ⇔ bit 1). No trainable weights: buffers from the key."""
+
+    def __init__(self, key: int = 0, config: CodecConfig = CodecConfig()):
+        super().__init__()
+        self.key, self.config = int(key), config
+        layout = make_layout(self.key, config)
+        offsets = torch.tensor(layout.centres - LABEL_SIZE / 2, dtype=torch.float64)  # about the label centre
+        self.register_buffer("pilot_offsets", offsets[layout.pilot_index], persistent=False)
+        self.register_buffer("data_offsets", offsets[layout.data_index], persistent=False)
+        self.register_buffer("pilot_sign", torch.tensor(2.0 * layout.pilot_code - 1), persistent=False)
+        self.register_buffer("data_sign", torch.tensor(1.0 - 2.0 * layout.whitening), persistent=False)
+        self.register_buffer("band", _band_filters(config), persistent=False)
+        self.register_buffer("smooth", _smoothing_filter(), persistent=False)
+        self.register_buffer("coarse", _coarse_grid(), persistent=False)
+        self.refine = [_refine_offsets(step) for step in REFINE_STEPS]
+
+    def forward(self, roi: torch.Tensor) -> torch.Tensor:
+        _check_roi(roi)
+        ratio = self.orientation_map(roi)  # B×1×200×200
+        params = torch.stack([self.align(r[None]) for r in ratio.detach()])  # B×5, a selection: no gradient
+        values = _sample(ratio, _affine_points(params, self.data_offsets.to(params)))  # B×100
+        return LOGIT_GAIN * values * self.data_sign.to(values)
+
+    def orientation_map(self, roi: torch.Tensor) -> torch.Tensor:
+        """r = log E_a − log E_b at working resolution, B×1×200×200."""
+        luma = sum(w * roi[:, c : c + 1] for c, w in enumerate(LUMA))
+        small = F.avg_pool2d(luma, 2)
+        padded = F.pad(small, (PAD,) * 4, mode="reflect")
+        spectrum = torch.fft.fft2(padded)
+        energies = []
+        for band in self.band:
+            response = torch.fft.ifft2(spectrum * band)
+            energy = response.real**2 + response.imag**2
+            smooth = torch.fft.irfft2(torch.fft.rfft2(energy) * self.smooth, s=energy.shape[-2:])
+            energies.append(smooth[..., PAD:-PAD, PAD:-PAD].clamp_min(0))
+        return torch.log(energies[0] + EPS) - torch.log(energies[1] + EPS)
+
+    @torch.no_grad()
+    def align(self, ratio: torch.Tensor) -> torch.Tensor:
+        """The affine map (angle, sx, sy, tx, ty) whose mapped pilots agree best with the pilot codes."""
+        pilots = self.pilot_offsets.double()
+        scores = self._pilot_score(ratio, self.coarse, pilots)
+        best = self.coarse[scores.topk(TOP_K).indices]
+        for offsets in self.refine:
+            candidates = (best[:, None, :] + offsets[None]).reshape(-1, 5)
+            scores = self._pilot_score(ratio, candidates, pilots)
+            best = candidates[scores.topk(TOP_K).indices]
+        return best[0].float()
+
+    def _pilot_score(self, ratio: torch.Tensor, candidates: torch.Tensor, pilots: torch.Tensor) -> torch.Tensor:
+        points = _affine_points(candidates, pilots)  # K×P×2
+        values = _sample(ratio, points.reshape(1, -1, 2)).reshape(points.shape[:2])
+        return (torch.tanh(values / 2) * self.pilot_sign.to(values)).sum(dim=1)
+
+
+def _affine_points(params: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """ROI pixel coordinates of label offsets under each map: centre + diag(sx, sy)·R(angle)·offset + shift."""
+    angle = params[:, 0] * (math.pi / 180)
+    cos, sin = torch.cos(angle)[:, None], torch.sin(angle)[:, None]
+    ox, oy = offsets[:, 0][None], offsets[:, 1][None]
+    x = LABEL_SIZE / 2 + params[:, 1:2] * (cos * ox - sin * oy) + params[:, 3:4]
+    y = LABEL_SIZE / 2 + params[:, 2:3] * (sin * ox + cos * oy) + params[:, 4:5]
+    return torch.stack([x, y], dim=-1)
+
+
+def _sample(maps: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples of B×1×H×W maps at B×N×2 ROI pixel coordinates (x, y) → B×N."""
+    grid = (points.to(maps.dtype) * (2 / LABEL_SIZE) - 1)[:, :, None, :]  # align_corners=False convention
+    return F.grid_sample(maps, grid, mode="bilinear", padding_mode="border", align_corners=False)[:, 0, :, 0]
+
+
+def _band_filters(config: CodecConfig) -> torch.Tensor:
+    """2×H×W Gaussian band-pass transfer functions at the two wave vectors (one-sided: analytic responses)."""
+    size = WORK + 2 * PAD
+    freq = torch.fft.fftfreq(size, dtype=torch.float64)  # cycles per working pixel
+    fy, fx = torch.meshgrid(freq, freq, indexing="ij")
+    bands = []
+    for kx, ky in wave_vectors(config):
+        cx, cy = kx * 2 / (2 * math.pi), ky * 2 / (2 * math.pi)  # label radians/px → working cycles/px
+        bands.append(torch.exp(-((fx - cx) ** 2 + (fy - cy) ** 2) / (2 * BAND_SIGMA**2)))
+    return torch.stack(bands).float()
+
+
+def _smoothing_filter() -> torch.Tensor:
+    """rfft2 transfer function of a Gaussian of SMOOTH_SIGMA working pixels."""
+    size = WORK + 2 * PAD
+    fy = torch.fft.fftfreq(size, dtype=torch.float64)
+    fx = torch.fft.rfftfreq(size, dtype=torch.float64)
+    gy, gx = torch.meshgrid(fy, fx, indexing="ij")
+    return torch.exp(-2 * math.pi**2 * SMOOTH_SIGMA**2 * (gx**2 + gy**2)).float()
+
+
+def _check_roi(roi: torch.Tensor) -> None:
+    if not torch.is_tensor(roi) or roi.dim() != 4 or tuple(roi.shape[1:]) != (3, LABEL_SIZE, LABEL_SIZE):
+        got = tuple(roi.shape) if torch.is_tensor(roi) else type(roi).__name__
+        raise ValueError(f"ReferenceSDecoder expects a B×3×{LABEL_SIZE}×{LABEL_SIZE} ROI tensor; got {got}")
+
