@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
-from PIL import Image
 
 from harness.data.images import load_image_with_conversion, open_image
 
