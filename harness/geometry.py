@@ -126,19 +126,33 @@ def tilt_photo(img: Image.Image, tilt_deg: float) -> Image.Image:
     return rotate_fill(img, tilt_deg, resample=Image.BICUBIC, fill="validity")
 
 
-def tilt_mask(mask: np.ndarray, tilt_deg: float, resample: Literal["nearest", "bilinear"] = "nearest") -> np.ndarray:
-    """The tilt of a ground-truth H×W bool mask; outside the photo there is no label (no fill).
+def rotate_mask(mask: np.ndarray, angle_deg: float, resample: Literal["nearest", "bilinear"] = "nearest") -> np.ndarray:
+    """A bool H×W mask rotated as PIL rotates the photo; outside the photo there is no label (no fill).
 
-    "bilinear" rotates 0/255 bilinearly and keeps pixels ≥ 128 (smoother edges than nearest).
+    The 0/255 mask is rotated with NEAREST (or BILINEAR) and kept where ≥ 128.
     """
     filters = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR}
     if resample not in filters:
         raise ValueError(f"unknown mask resample {resample!r}; expected one of {tuple(filters)}")
+    img = _mask_image(mask)
+    return np.asarray(img.rotate(angle_deg, resample=filters[resample])) >= 128
+
+
+def tilt_mask(mask: np.ndarray, tilt_deg: float, resample: Literal["nearest", "bilinear"] = "nearest") -> np.ndarray:
+    """The tilt of a ground-truth mask ("bilinear" gives smoother edges than "nearest")."""
+    return rotate_mask(mask, tilt_deg, resample)
+
+
+def fit_mask(mask: np.ndarray, size: int = 400) -> np.ndarray:
+    """A bool mask through the same crop and scale as ``fit`` (LANCZOS on 0/255, then kept where ≥ 128)."""
+    return np.asarray(ImageOps.fit(_mask_image(mask), (size, size), Image.LANCZOS)) >= 128
+
+
+def _mask_image(mask: np.ndarray) -> Image.Image:
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"mask must be H×W, got shape {mask.shape}")
-    img = Image.fromarray(np.where(mask.astype(bool), 255, 0).astype(np.uint8))  # uint8 H×W → mode "L"
-    return np.asarray(img.rotate(tilt_deg, resample=filters[resample])) >= 128
+    return Image.fromarray(np.where(mask.astype(bool), 255, 0).astype(np.uint8))  # uint8 H×W → mode "L"
 
 
 def tilt_points(points: np.ndarray, tilt_deg: float, size: tuple[int, int]) -> np.ndarray:

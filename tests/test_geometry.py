@@ -154,3 +154,17 @@ def test_rotate_tensor_identity_per_sample_angles_and_gradient():
     assert not torch.allclose(out[1], x[1])
     out.sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_fit_mask_and_rotate_mask_follow_the_photo_geometry():
+    mask = np.zeros((30, 60), bool)
+    mask[10:20, 30:45] = True  # fit keeps the central 30×30 square: columns 15..45
+    fitted = geometry.fit_mask(mask, size=60)
+    assert fitted.shape == (60, 60)
+    ys, xs = np.nonzero(fitted)
+    assert (ys.min(), ys.max(), xs.min(), xs.max()) == (20, 39, 30, 59)
+    assert np.array_equal(geometry.rotate_mask(fitted, 0), fitted)
+    rotated = geometry.rotate_mask(fitted, 90)
+    assert np.array_equal(rotated, np.rot90(fitted))  # PIL's positive angle: counter-clockwise
+    with pytest.raises(ValueError, match="H×W"):
+        geometry.fit_mask(np.zeros((2, 2, 3)), size=4)
