@@ -1,0 +1,42 @@
+"""`python -m harness.distill train RECIPE --out DIR [--resume]`: train a localizer or distil a student.
+
+Under torchrun (`torchrun --nproc_per_node N -m harness.distill train ...`) every process trains a slice of each
+global batch; rank 0 validates and writes the run directory.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="python -m harness.distill", description=__doc__.splitlines()[0])
+    commands = root.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="train from a TOML recipe into a run directory")
+    train.add_argument("recipe", type=Path)
+    train.add_argument("--out", type=Path, required=True, help="run directory (config.json, log.jsonl, *.pt)")
+    train.add_argument("--resume", action="store_true", help="continue from OUT/last.pt (a new run if absent)")
+    train.add_argument("--until-step", type=int, default=None, help="stop at this step (resume later)")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from harness.distill.config import RecipeError, load_recipe
+    from harness.distill.trainer import train
+
+    try:
+        recipe = load_recipe(args.recipe)
+    except RecipeError as err:
+        print(err, file=sys.stderr)
+        return 2
+    state = train(recipe, args.out, resume=args.resume, until_step=args.until_step, progress=not args.no_progress)
+    print(f"{args.out}: step {state.step}, best {recipe.validation.metric} {state.best_metric:.4f} "
+          f"at step {state.best_step}{' (stopped early)' if state.stopped_early else ''}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

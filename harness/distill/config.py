@@ -1,0 +1,207 @@
+"""Training recipes: a TOML file resolved into frozen dataclasses, saved as `config.json` in the run directory.
+
+A recipe has one table per concern. Every key is checked: an unknown key or a wrong type is an error naming the
+recipe file and the `table.key`, so a typo never silently falls back to a default.
+
+    [run]        seed, max_steps, validation and checkpoint cadence, early stopping, threads, device
+    [model]      the network being trained (registry name, input size, optional checkpoint to start from)
+    [teacher]    optional frozen teacher (registry name, input size, checkpoint) for distillation
+    [data]       scene source (a pre-generated folder or on-the-fly synthesis), batch size, workers, tilt range
+    [optim]      AdamW or SGD, learning rate, weight decay, gradient clipping, AMP (CUDA only)
+    [schedule]   cosine or poly, linear warm-up
+    [loss]       ground-truth mask loss weights (BCE, Dice) and the decode loss
+    [validation] metric for best checkpoint and early stopping, validation set, student_use_teacher_mask
+    [distiller]  MMRazor's ConfigurableDistiller dict, verbatim (student_recorders, teacher_recorders, connectors,
+                 distill_losses, loss_forward_mappings)
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used; the message names the file and the offending key."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    seed: int = 0
+    max_steps: int = 1000
+    log_every: int = 10
+    val_every: int = 200  # steps between validations (0: validate only at the end)
+    ckpt_every: int = 50  # steps between writes of last.pt
+    early_stop_patience: int = 0  # validations without improvement before stopping (0: never stop early)
+    threads: int = 1  # torch intra-op threads in the training process
+    device: str = "auto"  # "auto" (CUDA when available), "cpu" or "cuda"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "hrnet_w18"
+    input_size: int = 192
+    init_ckpt: str = ""  # start from these weights (fine-tuning); empty: random initialisation
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    name: str = ""
+    input_size: int = 192
+    ckpt: str = ""
+    calculate_student_loss: bool = True  # also supervise the student with ground-truth masks when the data has them
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "folder"  # "folder": a pre-generated dataset folder; "synth": scenes made on the fly
+    root: str = "data/train"  # folder source: the dataset folder
+    synth_size: int = 3000  # synth source: number of distinct scenes (index range)
+    synth_seed: int = 0  # synth source: seed of the scene generator
+    synth_kind: str = "random"  # synth source: "random" (a secret per scene), "fixed" or "clean"
+    synth_background: bool = True
+    key: int = 0  # codec key of the scenes; the decode loss and validation use the SDecoder of this key
+    image_size: int = 400  # photos are fitted to image_size² as decoder2 does (ImageOps.fit, LANCZOS)
+    batch_size: int = 8  # per process
+    num_workers: int = 1
+    tilt_deg: float = 5.0  # augmentation: uniform rotation in [-tilt_deg, tilt_deg], borders filled from the edge
+    hflip: bool = False
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: str = "adamw"  # "adamw" or "sgd"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9  # SGD only
+    grad_clip: float = 5.0  # max global gradient norm (0: no clipping)
+    amp: bool = True  # mixed precision on CUDA only; ignored on CPU; KD losses always in fp32
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    name: str = "cosine"  # "cosine" or "poly"
+    warmup_steps: int = 100
+    warmup_ratio: float = 0.01  # learning rate factor at step 0 of the warm-up
+    power: float = 0.9  # poly only
+    min_lr_ratio: float = 0.0
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    bce_weight: float = 1.0
+    dice_weight: float = 1.0
+    decode_weight: float = 0.0  # the seed's decode loss (0: off)
+    decode_angles: tuple[float, ...] = (0.0, 3.0, -3.0)
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    metric: str = "student_bit_acc"  # "student_bit_acc" (higher is better) or "val_iou" (higher is better)
+    root: str = ""  # validation dataset folder; empty: synthesise `size` scenes from the validation seed
+    size: int = 64
+    synth_seed: int = 1
+    batch_size: int = 16
+    student_use_teacher_mask: bool = False  # diagnostic: the student chain crops with the teacher's mask
+    bn_mode: str = "eval"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    teacher: TeacherConfig | None = None
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    distiller: dict[str, Any] | None = None  # MMRazor distiller dict, validated when the distiller is built
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+CHOICES = {
+    ("data", "source"): ("folder", "synth"),
+    ("data", "synth_kind"): ("random", "fixed", "clean"),
+    ("optim", "name"): ("adamw", "sgd"),
+    ("schedule", "name"): ("cosine", "poly"),
+    ("validation", "metric"): ("student_bit_acc", "val_iou"),
+    ("validation", "bn_mode"): ("eval", "demo"),
+    ("run", "device"): ("auto", "cpu", "cuda"),
+}
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check one TOML value against a dataclass field type (ints are accepted where floats are expected)."""
+    origin = get_origin(hint)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise RecipeError(f"{where}: expected a list, got {value!r}")
+        item = get_args(hint)[0]
+        return tuple(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and (type(value) is not hint):
+        raise RecipeError(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def _build_section(cls: type, table: Any, source: str, section: str) -> Any:
+    where = f"{source}: {section}"
+    if not isinstance(table, dict):
+        raise RecipeError(f"{where}: expected a table, got {table!r}")
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(table) - names)
+    if unknown:
+        raise RecipeError(f"{where}.{unknown[0]}: unknown key; known keys: {', '.join(sorted(names))}")
+    values = {}
+    for key, value in table.items():
+        values[key] = _coerce(value, hints[key], f"{where}.{key}")
+        choices = CHOICES.get((section, key))
+        if choices and values[key] not in choices:
+            raise RecipeError(f"{where}.{key}: {values[key]!r} is not one of {choices}")
+    return cls(**values)
+
+
+SECTIONS = {
+    "run": RunConfig, "model": ModelConfig, "teacher": TeacherConfig, "data": DataConfig, "optim": OptimConfig,
+    "schedule": ScheduleConfig, "loss": LossConfig, "validation": ValidationConfig,
+}
+
+
+def recipe_from_dict(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
+    unknown = sorted(set(raw) - set(SECTIONS) - {"distiller"})
+    if unknown:
+        raise RecipeError(f"{source}: unknown table [{unknown[0]}]; known: {', '.join(sorted(SECTIONS))}, distiller")
+    sections = {name: _build_section(cls, raw[name], source, name)
+                for name, cls in SECTIONS.items() if name in raw and raw[name] is not None}
+    distiller = raw.get("distiller")
+    if distiller is not None and not isinstance(distiller, dict):
+        raise RecipeError(f"{source}: distiller: expected a table")
+    recipe = Recipe(**sections, distiller=distiller)
+    if recipe.distiller and recipe.teacher is None:
+        raise RecipeError(f"{source}: [distiller] needs a [teacher] table")
+    if recipe.teacher is not None and not recipe.teacher.name:
+        raise RecipeError(f"{source}: teacher.name is required")
+    return recipe
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise RecipeError(f"{path}: recipe not found") from None
+    except tomllib.TOMLDecodeError as err:
+        raise RecipeError(f"{path}: not valid TOML: {err}") from None
+    return recipe_from_dict(raw, str(path))
+
+
+def recipe_to_json(recipe: Recipe) -> str:
+    return json.dumps(recipe.to_dict(), indent=2, sort_keys=True)

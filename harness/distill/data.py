@@ -1,0 +1,189 @@
+"""Training data: scenes → fitted, tilted tensors, in DataLoader workers, deterministic per (seed, step).
+
+Every draw is decided up front by `StepBatchSampler` from (seed, step) alone: which scenes a step sees and the tilt
+angle of each. Workers only execute that plan, so the batches do not depend on the number of workers, on timing, or
+on whether the run was resumed, and DDP ranks take disjoint slices of one global batch.
+
+Photos are fitted to `image_size`² with `ImageOps.fit` (LANCZOS) exactly as decoder2 does before the localizer sees
+them; masks get the same crop. The tilt augmentation rotates photo and mask together by an angle drawn uniformly from
+[-tilt_deg, tilt_deg] (the camera tilt range of the scenes), corners filled from the edge.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Callable, Iterator, Protocol, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from harness.geometry import rotate_tensor
+
+SECRET_BITS = 100
+
+
+@dataclass(frozen=True, eq=False)
+class Scene:
+    """One training scene: an RGB photo, its label mask (L, 0/255) when known, its secret bits when watermarked."""
+
+    photo: Image.Image
+    mask: Image.Image | None
+    secret: np.ndarray | None  # uint8 (100,)
+
+
+class SceneSource(Protocol):
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Scene: ...
+
+
+class FolderScenes:
+    """Scenes of a dataset folder (manifest.csv + images), validated once by `harness.data.load_dataset`."""
+
+    def __init__(self, root: str):
+        from harness.data import load_dataset
+
+        self.root = root
+        self.samples = load_dataset(root).samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> Scene:
+        from harness.data import load_image
+
+        sample = self.samples[index]
+        mask = Image.open(sample.mask_path).convert("L") if sample.mask_path is not None else None
+        return Scene(load_image(sample.path), mask, sample.secret)
+
+
+class SynthScenes:
+    """Scenes made on the fly by `harness.data.synth.make_scene(cfg, index)`, a pure function of its arguments."""
+
+    def __init__(self, n: int, seed: int, kind: str = "random", background: bool = True, key: int = 0,
+                 tilt_range: float = 5.0):
+        from harness.data.synth import SynthConfig
+
+        self.cfg = SynthConfig(kind=kind, background=background, n=n, seed=seed, tilt_range=tilt_range, key=key)
+
+    def __len__(self) -> int:
+        return self.cfg.n
+
+    def __getitem__(self, index: int) -> Scene:
+        from harness.data.synth import make_scene
+
+        scene = make_scene(self.cfg, index)
+        return Scene(Image.fromarray(scene.photo, "RGB"), Image.fromarray(scene.mask, "L"), scene.secret)
+
+
+@dataclass(frozen=True)
+class Draw:
+    """What one sample of one step is: a scene index, a tilt angle, a horizontal flip."""
+
+    index: int
+    tilt_deg: float
+    hflip: bool
+
+
+class StepBatchSampler(Sampler[list[Draw]]):
+    """Batches for steps [start_step, max_steps): epoch-wise permutations of the scenes, tilts from (seed, step).
+
+    The global batch of a step is `batch_size × world_size` positions of the epoch order; rank r takes the r-th
+    contiguous slice of it.
+    """
+
+    def __init__(self, num_scenes: int, batch_size: int, seed: int, start_step: int, max_steps: int,
+                 tilt_deg: float, hflip: bool, rank: int = 0, world_size: int = 1):
+        if num_scenes <= 0:
+            raise ValueError("the training set is empty")
+        self.num_scenes, self.batch_size, self.seed = num_scenes, batch_size, seed
+        self.start_step, self.max_steps = start_step, max_steps
+        self.tilt_deg, self.hflip = tilt_deg, hflip
+        self.rank, self.world_size = rank, world_size
+
+    def __len__(self) -> int:
+        return max(0, self.max_steps - self.start_step)
+
+    @lru_cache(maxsize=4)
+    def _order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(self.num_scenes)
+
+    def draws(self, step: int) -> list[Draw]:
+        global_batch = self.batch_size * self.world_size
+        positions = step * global_batch + np.arange(global_batch)
+        indices = [int(self._order(int(p // self.num_scenes))[p % self.num_scenes]) for p in positions]
+        rng = np.random.default_rng([self.seed, step, 7919])
+        tilts = rng.uniform(-self.tilt_deg, self.tilt_deg, global_batch) if self.tilt_deg > 0 else np.zeros(global_batch)
+        flips = rng.random(global_batch) < 0.5 if self.hflip else np.zeros(global_batch, bool)
+        mine = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
+        return [Draw(i, float(t), bool(f)) for i, t, f in zip(indices[mine], tilts[mine], flips[mine])]
+
+    def __iter__(self) -> Iterator[list[Draw]]:
+        for step in range(self.start_step, self.max_steps):
+            yield self.draws(step)
+
+
+def fit_scene(scene: Scene, size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Photo → 3×size×size in [0, 1] via ImageOps.fit (LANCZOS); mask → 1×size×size in [0, 1] with the same crop."""
+    photo = ImageOps.fit(scene.photo, (size, size), Image.Resampling.LANCZOS)
+    image = torch.from_numpy(np.asarray(photo, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+    if scene.mask is None:
+        return image, None
+    mask = ImageOps.fit(scene.mask, (size, size), Image.Resampling.BILINEAR)
+    return image, torch.from_numpy(np.asarray(mask, dtype=np.float32) / 255.0)[None]
+
+
+class TrainSamples(Dataset):
+    """Executes a `Draw`: load the scene, fit it, flip and tilt photo and mask together."""
+
+    def __init__(self, scenes: SceneSource, image_size: int):
+        self.scenes, self.image_size = scenes, image_size
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+    def __getitem__(self, draw: Draw) -> dict[str, torch.Tensor]:
+        scene = self.scenes[draw.index]
+        image, mask = fit_scene(scene, self.image_size)
+        has_mask = mask is not None
+        mask = mask if has_mask else torch.zeros(1, self.image_size, self.image_size)
+        pair = torch.cat([image, mask])[None]
+        if draw.hflip:
+            pair = pair.flip(-1)
+        pair = rotate_tensor(pair, torch.tensor([draw.tilt_deg]))[0]
+        secret = scene.secret
+        return {
+            "image": pair[:3].contiguous(),
+            "mask": pair[3:].contiguous(),
+            "has_mask": torch.tensor(has_mask),
+            "secret": torch.from_numpy(np.asarray(secret, np.float32)) if secret is not None else torch.zeros(SECRET_BITS),
+            "has_secret": torch.tensor(secret is not None),
+            "index": torch.tensor(draw.index),
+        }
+
+
+def _quiet_worker(_: int) -> None:
+    torch.set_num_threads(1)  # two cores: a worker must not spawn a thread pool of its own
+
+
+def make_loader(samples: TrainSamples, sampler: StepBatchSampler, num_workers: int) -> DataLoader:
+    return DataLoader(samples, batch_sampler=sampler, num_workers=num_workers, worker_init_fn=_quiet_worker,
+                      persistent_workers=False, prefetch_factor=2 if num_workers > 0 else None)
+
+
+class FixedScenes:
+    """A list of already-made scenes (tests, small validation sets)."""
+
+    def __init__(self, scenes: Sequence[Scene]):
+        self.scenes = list(scenes)
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+    def __getitem__(self, index: int) -> Scene:
+        return self.scenes[index]
+
+
+SceneFactory = Callable[[], SceneSource]
