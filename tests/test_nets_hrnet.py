@@ -1,4 +1,10 @@
-"""HRNetV2: output stride 4 at any input size, official module names, official checkpoint layout loads strictly."""
+"""HRNetV2: output stride 4 at any input size, official module names, official checkpoint layout loads strictly.
+
+fixtures/hrnet_w18_official_keys.json.gz is `{key: shape}` in state_dict order, dumped from the official
+HRNet-Semantic-Segmentation `lib/models/seg_hrnet.py` (commit 605d941) built with the HRNetV2-W18 configuration
+(stage 1: BOTTLENECK×4, 64 ch; stages 2-4: 1/4/3 modules of BASIC×4, widths 18·2^i), NUM_CLASSES=1,
+FINAL_CONV_KERNEL=1. It is independent of our code: the official model was run outside this package.
+"""
 from __future__ import annotations
 
 import gzip
