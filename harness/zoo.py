@@ -19,7 +19,9 @@ A model card is a small TOML file, `students/<name>/card.toml`:
 from __future__ import annotations
 
 import hashlib
+import itertools
 import pickle
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -168,21 +170,30 @@ def _read_weights(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "weights only" in str(err).lower():
+        reason = _unpickler_reason(err)
+        if _needs_code_execution(reason):
             raise CheckpointError(
                 f"refusing checkpoint {path}: it holds objects that need code execution to unpickle "
-                f"(torch.load with weights_only=True failed: {_unpickler_reason(err)}). "
+                f"(torch.load with weights_only=True failed: {reason}). "
                 "Re-save it as a plain state_dict of tensors.") from err
-        raise CheckpointError(f"checkpoint {path} is not a readable torch file: {err}") from err
+        raise CheckpointError(f"checkpoint {path} is not a readable torch file: {reason}") from err
     except Exception as err:  # torch raises several types for a truncated or foreign file
         raise CheckpointError(f"checkpoint {path} is not a readable torch file: {type(err).__name__}: {err}") from err
 
 
 def _unpickler_reason(err: Exception) -> str:
-    """The one informative line of torch's long weights_only message (e.g. 'Unsupported global: GLOBAL ...')."""
-    lines = [ln.strip() for ln in str(err).splitlines()]
-    reason = next((ln for ln in lines if "WeightsUnpickler error" in ln), lines[0] if lines else "")
-    return reason.split(". Please use")[0]
+    """The informative part of torch's long weights_only message (e.g. 'Unsupported global: GLOBAL ...')."""
+    text = str(err)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
+        text = text.split(". Please use", 1)[0]
+    return " ".join(text.split()) or type(err).__name__
+
+
+def _needs_code_execution(reason: str) -> bool:
+    # globals (classes, functions) and reduce calls are what a weights-only load refuses to run;
+    # an unknown opcode ("Unsupported operand") means the bytes are not a pickle at all
+    return re.search(r"global|reduce|class|build", reason, re.IGNORECASE) is not None
 
 
 def _state_dict_from(obj: Any, path: Path) -> dict[str, torch.Tensor]:
@@ -202,20 +213,21 @@ def _state_dict_from(obj: Any, path: Path) -> dict[str, torch.Tensor]:
 
 def _strip_helpful_prefixes(state: dict[str, torch.Tensor], model_keys, prefixes: tuple[str, ...]
                             ) -> dict[str, torch.Tensor]:
-    """Strip each prefix (repeatedly, e.g. `module.backbone.`) only while that makes more keys match."""
+    """Strip the shortest chain of prefixes (e.g. `module.` then `backbone.`) that makes the most keys match.
+
+    No chain is applied unless it matches more keys than the checkpoint as saved.
+    """
     model_keys = set(model_keys)
-
-    def matches(keys) -> int:
-        return len(model_keys.intersection(keys))
-
-    improved = True
-    while improved:
-        improved = False
-        for prefix in prefixes:
-            stripped = {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state.items()}
-            if len(stripped) == len(state) and matches(stripped) > matches(state):
-                state, improved = stripped, True
-    return state
+    best, best_matches = state, len(model_keys.intersection(state))
+    chains = (c for n in range(1, len(prefixes) + 2) for c in itertools.product(prefixes, repeat=n))
+    for chain in chains:
+        stripped = state
+        for prefix in chain:
+            stripped = {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in stripped.items()}
+        matches = len(model_keys.intersection(stripped))
+        if len(stripped) == len(state) and matches > best_matches:  # strictly more: shorter chains win ties
+            best, best_matches = stripped, matches
+    return best
 
 
 def _mismatches(state: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor], strict: bool) -> str:
