@@ -35,6 +35,7 @@ from harness.distill.validate import ValidationSet, bit_accuracy, mask_iou
 
 # Keys that may change between a run and its resumption: they do not change what is computed.
 RESUMABLE_CHANGES = {"run.log_every", "run.threads", "run.device", "data.num_workers"}
+TASK_LOSS_NAMES = {"loss_bce", "loss_dice", "loss_decode", "loss", "grad_norm"}
 
 
 # ---------------------------------------------------------------------------------------------- parts
@@ -188,6 +189,8 @@ class Trainer:
         self.device = resolve_device(recipe.run.device)
         self.dist = setup_distributed(self.device)
         self.amp = recipe.optim.amp and self.device.type == "cuda"
+        if self.dist.main:
+            self.out.mkdir(parents=True, exist_ok=True)
         self.log = JsonlLog(self.out / "log.jsonl", self.dist.main)
         self.state = RunState()
         torch.manual_seed(recipe.run.seed)
@@ -217,10 +220,23 @@ class Trainer:
                 teacher_ckpt_sha256=self.teacher_sha256,
                 calculate_student_loss=recipe.teacher.calculate_student_loss,
             ).to(self.device)
+            self._dry_run()
         self.student_call: nn.Module = self.student
         if self.dist.world_size > 1:
             self.student_call = DistributedDataParallel(self.student, device_ids=None if self.device.type == "cpu"
                                                         else [self.device.index])
+
+    def _dry_run(self) -> None:
+        """One random batch through student, teacher and distiller before training (a local generator: the run's
+        random streams are untouched); names must not collide with the ground-truth losses."""
+        clash = set(self.algorithm.distiller.distill_losses) & TASK_LOSS_NAMES
+        if clash:
+            raise RecipeError(f"distiller.distill_losses.{sorted(clash)[0]}: the name is taken by a ground-truth loss")
+        if len(self.algorithm.distiller.distill_losses) == 0:
+            return
+        size = self.recipe.data.image_size
+        images = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0)).to(self.device)
+        self.log.write(event="dry_run", step=self.state.step, **self.algorithm.dry_run(images))
 
     def _build_losses(self) -> None:
         loss = self.recipe.loss
@@ -394,7 +410,6 @@ class Trainer:
     def run(self, until_step: int | None = None) -> RunState:
         """Train from the current step to max_steps (or until_step: an interruption, for tests and time limits)."""
         recipe = self.recipe
-        self.out.mkdir(parents=True, exist_ok=True)
         if self.dist.main:
             write_json(recipe.to_dict(), self.out / "config.json")
         end = min(recipe.run.max_steps, until_step if until_step is not None else recipe.run.max_steps)
