@@ -1,0 +1,158 @@
+"""Per-sample result records: the schema, their CSV form, and chunked parts merged into one file.
+
+One record is one row per (model, sample, tilt_deg, roi_source). Records hold answers only, never timings, so the
+same configuration gives a byte-identical `records.csv` whether the run was interrupted, resumed or sharded.
+
+A run writes one part per chunk of samples (`parts/chunk-00003.csv`) through a temporary file and a rename, so a
+part on disk is always complete; a resumed run skips the chunks whose part exists. At the end the parts are merged,
+sorted by (model, sample_id, tilt_deg, roi_source), into `records.csv`.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+STATUSES = ("ok", "roi_empty", "failed")
+ROI_SOURCES = ("predicted", "oracle")
+
+
+def angle_tag(angle: float) -> str:
+    """Column suffix of a search angle: 0 → "0", +3 → "p3", -3 → "m3", 1.5 → "p1.5"."""
+    if angle == 0:
+        return "0"
+    return f"{'p' if angle > 0 else 'm'}{abs(angle):g}"
+
+
+@dataclass(frozen=True)
+class Record:
+    """What one model read from one sample under one condition.
+
+    `bce` holds the BCE per search angle in the order of the run's angles (inf where that angle gave no ROI);
+    `bits` the decoded bits as a hex string (25 digits for 100 bits); `box` the ROI (x0, y0, x1, y1) at the chosen
+    angle. For a clean sample (no secret) bits are scored against the run's reference secret (see `evaluate`).
+    """
+
+    model: str
+    role: str  # "teacher", "student" or "oracle"
+    sample_id: str
+    kind: str
+    tilt_deg: float
+    roi_source: str  # "predicted" (the model's mask) or "oracle" (the ground-truth mask)
+    bn_mode: str
+    mode: str  # the run's label ("quick", "full", ...): the gate compares like with like
+    status: str  # "ok", "roi_empty" or "failed"
+    reason: str = ""
+    chosen_angle: float | None = None
+    bce: tuple[float, ...] = ()
+    bits_correct: int | None = None
+    bit_acc: float | None = None
+    word_ok: bool | None = None
+    bits: str = ""
+    blind_angle: float | None = None
+    blind_bit_acc: float | None = None
+    iou: float | None = None
+    box: tuple[int, int, int, int] | None = None
+
+    @property
+    def key(self) -> tuple[str, str, float, str]:
+        return (self.model, self.sample_id, self.tilt_deg, self.roi_source)
+
+
+def columns(angles: tuple[float, ...]) -> list[str]:
+    """CSV header of a run with these search angles."""
+    head = [f.name for f in fields(Record) if f.name not in ("bce", "box")]
+    at = head.index("chosen_angle") + 1
+    return head[:at] + [f"bce_{angle_tag(a)}" for a in angles] + head[at:] + ["x0", "y0", "x1", "y1"]
+
+
+def _cell(value: object) -> str:
+    """Deterministic text of one value: floats at 6 decimals so tiny last-bit differences never show."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float):
+        if value != value:
+            return "nan"
+        if value in (float("inf"), float("-inf")):
+            return "inf" if value > 0 else "-inf"
+        text = f"{value:.6f}".rstrip("0").rstrip(".")
+        return "0" if text == "-0" else text
+    return str(value)
+
+
+def to_row(record: Record, angles: tuple[float, ...]) -> list[str]:
+    if record.bce and len(record.bce) != len(angles):
+        raise ValueError(f"record {record.key} has {len(record.bce)} BCE values for {len(angles)} angles")
+    values: dict[str, object] = {f.name: getattr(record, f.name) for f in fields(Record)}
+    bce = record.bce or (None,) * len(angles)
+    values.update({f"bce_{angle_tag(a)}": v for a, v in zip(angles, bce)})
+    values.update(zip(("x0", "y0", "x1", "y1"), record.box or (None,) * 4))
+    return [_cell(values[c]) for c in columns(angles)]
+
+
+def sort_key(record: Record) -> tuple[str, str, float, int]:
+    return (record.model, record.sample_id, record.tilt_deg, ROI_SOURCES.index(record.roi_source))
+
+
+def to_csv(records: list[Record], angles: tuple[float, ...]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns(angles))
+    for record in sorted(records, key=sort_key):
+        writer.writerow(to_row(record, angles))
+    return buffer.getvalue()
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` so that a reader never sees a partial file (temporary file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", newline="") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def part_path(out_dir: Path, chunk: int) -> Path:
+    return out_dir / "parts" / f"chunk-{chunk:05d}.csv"
+
+
+def finished_chunks(out_dir: Path) -> set[int]:
+    """Chunks whose part is on disk (complete by construction: parts appear only by rename)."""
+    parts = (out_dir / "parts").glob("chunk-*.csv")
+    return {int(p.stem.split("-")[1]) for p in parts}
+
+
+def merge_parts(out_dir: Path, n_chunks: int) -> str:
+    """All parts' rows, sorted deterministically under one header: the text of `records.csv`."""
+    header, rows = None, []
+    for chunk in range(n_chunks):
+        path = part_path(out_dir, chunk)
+        if not path.is_file():
+            raise FileNotFoundError(f"part {path} is missing: chunk {chunk} was never finished")
+        with open(path, newline="") as handle:
+            reader = csv.reader(handle)
+            part_header = next(reader)
+            if header is not None and part_header != header:
+                raise ValueError(f"part {path} has columns {part_header}, expected {header}")
+            header = part_header
+            rows.extend(reader)
+    if header is None:
+        raise ValueError(f"no parts to merge under {out_dir / 'parts'}")
+    rows.sort(key=lambda r: _row_sort_key(r, header))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _row_sort_key(row: list[str], header: list[str]) -> tuple[str, str, float, int]:
+    at = {name: i for i, name in enumerate(header)}
+    return (row[at["model"]], row[at["sample_id"]], float(row[at["tilt_deg"]]),
+            ROI_SOURCES.index(row[at["roi_source"]]))
