@@ -94,7 +94,8 @@ def validity_indices(size: tuple[int, int], angle_deg: float, resample: int | No
     return _validity_indices(tuple(size), float(angle_deg), resample)
 
 
-def border_mask(rotated: Image.Image, angle_deg: float, resample: int | None = None, fill: Fill = "black") -> np.ndarray:
+def border_mask(rotated: Image.Image, angle_deg: float, resample: int | None = None,
+                fill: Fill = "black") -> np.ndarray:
     """The pixels of ``rotated`` to fill: by black value (the demo) or by exact validity of the rotation."""
     if fill == "black":
         return black_mask(np.asarray(rotated))
@@ -122,7 +123,7 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
 
 
 def tilt_photo(img: Image.Image, tilt_deg: float) -> Image.Image:
-    """Camera tilt applied to the photo before the chain: BICUBIC rotate (smooth), exposed corners EDT-filled exactly."""
+    """Camera tilt applied to the photo before the chain: BICUBIC rotate (smooth), corners EDT-filled exactly."""
     return rotate_fill(img, tilt_deg, resample=Image.BICUBIC, fill="validity")
 
 
