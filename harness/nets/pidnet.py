@@ -137,7 +137,7 @@ class SegHead(nn.Module):
 class _PyramidPooling(nn.Module):
     """Shared layout of DAPPM and PAPPM: four pooled scales and a full-resolution scale0, compressed + shortcut."""
 
-    def __init__(self, inplanes: int, branch_planes: int, outplanes: int) -> None:
+    def __init__(self, inplanes: int, branch_planes: int) -> None:
         super().__init__()
         self.scale1 = _pool_bn_relu_conv(nn.AvgPool2d(5, stride=2, padding=2), inplanes, branch_planes)
         self.scale2 = _pool_bn_relu_conv(nn.AvgPool2d(9, stride=4, padding=4), inplanes, branch_planes)
@@ -154,7 +154,7 @@ class DAPPM(_PyramidPooling):
     """Deep aggregation PPM (PIDNet-L): each scale is refined after adding the previous one, sequentially."""
 
     def __init__(self, inplanes: int, branch_planes: int, outplanes: int) -> None:
-        super().__init__(inplanes, branch_planes, outplanes)
+        super().__init__(inplanes, branch_planes)
         self.process1 = _bn_relu_conv(branch_planes, branch_planes, 3)
         self.process2 = _bn_relu_conv(branch_planes, branch_planes, 3)
         self.process3 = _bn_relu_conv(branch_planes, branch_planes, 3)
@@ -173,7 +173,7 @@ class PAPPM(_PyramidPooling):
     """Parallel aggregation PPM (PIDNet-S/M): all scales refined at once by one grouped conv."""
 
     def __init__(self, inplanes: int, branch_planes: int, outplanes: int) -> None:
-        super().__init__(inplanes, branch_planes, outplanes)
+        super().__init__(inplanes, branch_planes)
         self.scale_process = _bn_relu_conv(branch_planes * 4, branch_planes * 4, 3, groups=4)
         self.compression = _bn_relu_conv(branch_planes * 5, outplanes)
         self.shortcut = _bn_relu_conv(inplanes, outplanes)
