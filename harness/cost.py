@@ -63,14 +63,14 @@ def model_cost(model: nn.Module, input_hw: tuple[int, int] = (400, 400)) -> Cost
 
 
 def _fvcore_macs(model: nn.Module, input_hw: tuple[int, int]) -> tuple[int, int]:
-    from fvcore.nn import FlopCountAnalysis
-
     x = _probe_input(model, input_hw)
     was_training = model.training
     model.eval()  # BatchNorm counts 2 per element in eval mode, 5 in train mode
     try:
         with warnings.catch_warnings(), _quiet_fvcore_logs():
-            warnings.simplefilter("ignore")  # tracer and deprecation warnings from torch.jit
+            warnings.simplefilter("ignore")  # torch.jit deprecation (fvcore's import) and tracer warnings
+            from fvcore.nn import FlopCountAnalysis
+
             analysis = (FlopCountAnalysis(model, x).unsupported_ops_warnings(False)
                         .uncalled_modules_warnings(False).tracer_warnings("none"))
             total = analysis.total()
