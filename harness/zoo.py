@@ -148,8 +148,9 @@ def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True,
             It is read with `weights_only=True`; a file that needs code execution to unpickle is refused.
         strict: when True, missing and unexpected keys are errors. Wrongly shaped tensors are always errors.
             A missing BatchNorm `num_batches_tracked` counter is never an error (old checkpoints lack it).
-        strip_prefixes: prefixes (DDP's `module.`, wrappers' `model.`/`backbone.`) removed from checkpoint keys,
-            each only when removing it makes more keys match the model.
+        strip_prefixes: prefixes (DDP's `module.`, wrappers' `model.`/`backbone.`) removed from checkpoint keys;
+            the shortest chain of them (e.g. `module.` then `backbone.`) that matches the most model keys is
+            applied, and none when stripping matches no more keys than the checkpoint as saved.
 
     Floating tensors are cast to the dtype of the model tensor they fill (fp16 shipped weights into fp32 models).
     """
