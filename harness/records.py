@@ -39,6 +39,7 @@ class Record:
     role: str  # "teacher", "student" or "oracle"
     sample_id: str
     kind: str
+    watermarked: bool  # False: a clean photo, scored against the run's reference secret
     tilt_deg: float
     roi_source: str  # "predicted" (the model's mask) or "oracle" (the ground-truth mask)
     bn_mode: str

@@ -13,6 +13,7 @@ every model then shares. The results equal `geometry.tilt_photo`, `fit` and `rot
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -58,21 +59,42 @@ def rotate_view(img: Image.Image, angle_deg: float, fill: geometry.Fill) -> np.n
     """`geometry.rotate_fill(img, angle_deg, fill=fill)` as an array, reusing cached or skipped EDT work."""
     rotated = np.asarray(img.rotate(angle_deg))  # PIL's default filter (NEAREST), as the demo's img.rotate
     if fill == "validity":
-        iy, ix = geometry.validity_indices(img.size, angle_deg)
-        return rotated[iy, ix]
+        return _fill(rotated, *_validity_sources(img.size, float(angle_deg), None))
     if fill != "black":
         raise ValueError(f"unknown fill {fill!r}; expected one of {geometry.FILLS}")
     invalid = geometry.black_mask(rotated)
     if not invalid.any():
         return rotated  # nothing to fill: the EDT index map would be the identity
-    return geometry.edt_fill(rotated, invalid)
+    iy, ix = geometry.edt_indices(invalid)
+    return _fill(rotated, *_sources(invalid, iy, ix))
 
 
 def tilt_view(photo: Image.Image, tilt_deg: float) -> Image.Image:
     """`geometry.tilt_photo` with the validity index map taken from the cache."""
     rotated = np.asarray(photo.rotate(tilt_deg, resample=Image.BICUBIC))
-    iy, ix = geometry.validity_indices(photo.size, tilt_deg, Image.BICUBIC)
-    return Image.fromarray(rotated[iy, ix])
+    return Image.fromarray(_fill(rotated, *_validity_sources(photo.size, float(tilt_deg), Image.BICUBIC)))
+
+
+def _sources(invalid: np.ndarray, iy: np.ndarray, ix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flat positions of the invalid pixels and of the valid pixels they copy (the EDT map elsewhere is identity)."""
+    targets = np.flatnonzero(invalid)
+    return targets, (iy.ravel()[targets] * invalid.shape[1] + ix.ravel()[targets])
+
+
+@lru_cache(maxsize=256)
+def _validity_sources(size: tuple[int, int], angle_deg: float, resample: int | None) -> tuple[np.ndarray, np.ndarray]:
+    iy, ix = geometry.validity_indices(size, angle_deg, resample)
+    return _sources(geometry.validity_mask(size, angle_deg, resample), iy, ix)
+
+
+def _fill(rotated: np.ndarray, targets: np.ndarray, sources: np.ndarray) -> np.ndarray:
+    """`rotated[iy, ix]` computed only where it differs from `rotated` (the border pixels)."""
+    if targets.size == 0:
+        return rotated
+    out = rotated.copy()
+    flat = out.reshape(-1, *out.shape[2:])
+    flat[targets] = rotated.reshape(-1, *rotated.shape[2:])[sources]
+    return out
 
 
 def ground_truth_mask(sample: Sample) -> np.ndarray | None:
