@@ -3,6 +3,7 @@ and 64×64 scenes of a bright rectangle on noise. Module-level functions only, s
 them."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
+from harness.data.manifest import secret_to_str, write_manifest
 from harness.distill.config import DataConfig, Recipe, ValidationConfig, recipe_from_dict
 from harness.distill.data import FixedScenes, Scene
 from harness.distill.trainer import Builders
@@ -77,12 +79,24 @@ def train_scenes(cfg: DataConfig) -> FixedScenes:
     return tiny_scenes(cfg.synth_size, cfg.synth_seed, cfg.image_size)
 
 
-def val_scenes(cfg: ValidationConfig, data: DataConfig) -> FixedScenes:
-    return tiny_scenes(cfg.size, cfg.synth_seed, data.image_size)
+def write_scenes(root: Path, scenes: FixedScenes) -> Path:
+    """The scenes as a dataset folder (PNG photos and masks, manifest.csv)."""
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, scene in enumerate(scenes.scenes):
+        scene.photo.save(root / f"img_{i}.png")
+        scene.mask.save(root / f"mask_{i}.png")
+        rows.append({"id": f"img_{i}", "file": f"img_{i}.png", "secret": secret_to_str(scene.secret),
+                     "mask_file": f"mask_{i}.png"})
+    write_manifest(root, rows)
+    return root
 
 
-BUILDERS = Builders(localizer=tiny_localizer, sdecoder=tiny_sdecoder, train_scenes=train_scenes,
-                    val_scenes=val_scenes)
+def val_set(cfg: ValidationConfig, data: DataConfig, run_dir: Path) -> Path:
+    return write_scenes(run_dir / "val_set", tiny_scenes(cfg.size, cfg.synth_seed, data.image_size))
+
+
+BUILDERS = Builders(localizer=tiny_localizer, sdecoder=tiny_sdecoder, train_scenes=train_scenes, val_set=val_set)
 
 SEED_DISTILLER: dict[str, Any] = {
     "type": "ConfigurableDistiller",

@@ -14,7 +14,7 @@ from harness.distill.distiller import ConfigurableDistiller, DistillerConfigErro
 from harness.distill.recorders import RecorderError
 from harness.distill.trainer import Builders, Trainer
 from tests.distill_world import (BUILDERS, SEED_DISTILLER, save_teacher, tiny_localizer, tiny_recipe, train_scenes,
-                                 val_scenes)
+                                 val_set)
 
 RECIPES = Path(__file__).resolve().parents[1] / "students" / "recipes"
 
@@ -161,7 +161,7 @@ def test_seed_style_recipe_records_last_layer_and_runs_a_step(tmp_path):
                                  num_workers=0),
         validation=dataclasses.replace(recipe.validation, metric="val_iou", size=2),
     )
-    state = Trainer(recipe, tmp_path / "run", Builders(train_scenes=train_scenes, val_scenes=val_scenes),
+    state = Trainer(recipe, tmp_path / "run", Builders(train_scenes=train_scenes, val_set=val_set),
                     progress=False)
     try:
         assert [r.source for r in state.algorithm.distiller.student_recorders.recorders.values()] == \

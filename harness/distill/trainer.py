@@ -31,7 +31,7 @@ from harness.distill.checkpoint import (atomic_save, fp32_state_dict, load_last,
 from harness.distill.config import DataConfig, Recipe, RecipeError, ValidationConfig
 from harness.distill.data import FolderScenes, SceneSource, StepBatchSampler, SynthScenes, TrainSamples, make_loader
 from harness.distill.losses import DecodeLoss, MaskLoss
-from harness.distill.validate import ValidationSet, bit_accuracy, mask_iou
+from harness.distill.validate import ModelSpec, Validator, synth_validation_set
 
 # Keys that may change between a run and its resumption: they do not change what is computed.
 RESUMABLE_CHANGES = {"run.log_every", "run.threads", "run.device", "data.num_workers"}
@@ -59,10 +59,11 @@ def default_train_scenes(cfg: DataConfig) -> SceneSource:
     return SynthScenes(cfg.synth_size, cfg.synth_seed, cfg.synth_kind, cfg.synth_background, cfg.key, cfg.tilt_deg)
 
 
-def default_val_scenes(cfg: ValidationConfig, data: DataConfig) -> SceneSource:
+def default_val_set(cfg: ValidationConfig, data: DataConfig, run_dir: Path) -> Path:
+    """The validation folder: `root`, else a synthetic set generated into the run directory (once)."""
     if cfg.root:
-        return FolderScenes(cfg.root)
-    return SynthScenes(cfg.size, cfg.synth_seed, "random", True, data.key, data.tilt_deg)
+        return Path(cfg.root)
+    return synth_validation_set(run_dir / "val_set", cfg.size, cfg.synth_seed, data.key, data.tilt_deg)
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ class Builders:
     localizer: Callable[[str, int, str | None], nn.Module] = default_localizer
     sdecoder: Callable[[int], nn.Module] = default_sdecoder
     train_scenes: Callable[[DataConfig], SceneSource] = default_train_scenes
-    val_scenes: Callable[[ValidationConfig, DataConfig], SceneSource] = default_val_scenes
+    val_set: Callable[[ValidationConfig, DataConfig, Path], Path] = default_val_set
 
 
 @dataclass
@@ -197,7 +198,7 @@ class Trainer:
         self._build_models()
         self._build_losses()
         self._build_optimizer()
-        self.validation: ValidationSet | None = None
+        self.validator: Validator | None = None
 
     # --- construction
 
@@ -241,10 +242,7 @@ class Trainer:
     def _build_losses(self) -> None:
         loss = self.recipe.loss
         self.mask_loss = MaskLoss(loss.bce_weight, loss.dice_weight)
-        needs_sdecoder = loss.decode_weight > 0 or self.recipe.validation.metric == "student_bit_acc"
-        self.sdecoder = self.builders.sdecoder(self.recipe.data.key).to(self.device).eval() if needs_sdecoder else None
-        if self.sdecoder is not None:
-            self.sdecoder.requires_grad_(False)
+        self.sdecoder = self.builders.sdecoder(self.recipe.data.key).to(self.device).eval().requires_grad_(False)
         self.decode_loss = (DecodeLoss(loss.decode_weight, self.sdecoder, angles=loss.decode_angles)
                             if loss.decode_weight > 0 else None)
 
@@ -356,33 +354,33 @@ class Trainer:
 
     # --- validation
 
-    def _validation_set(self) -> ValidationSet:
-        if self.validation is None:
-            scenes = self.builders.val_scenes(self.recipe.validation, self.recipe.data)
-            self.validation = ValidationSet.from_scenes(scenes, self.recipe.data.image_size)
-        return self.validation
-
-    def _bit_acc(self, localizer: nn.Module, mask_localizer: nn.Module | None = None) -> dict[str, float]:
-        cfg = self.recipe.validation
-        return bit_accuracy(localizer, self.sdecoder, self._validation_set(), cfg.batch_size,
-                            self.recipe.loss.decode_angles, mask_localizer, self.device)
+    def _validator(self) -> Validator:
+        if self.validator is None:
+            cfg = self.recipe.validation
+            root = self.builders.val_set(cfg, self.recipe.data, self.out)
+            self.validator = Validator(root, self.sdecoder, self.recipe.loss.decode_angles, cfg.bn_mode,
+                                       cfg.batch_size, self.device)
+        return self.validator
 
     def validate(self) -> dict[str, float]:
-        """Validation metrics of the student (rank 0 only); the teacher's bit accuracy once per run."""
-        cfg = self.recipe.validation
-        data = self._validation_set()
-        metrics = {"val_iou": mask_iou(self.student, data, cfg.batch_size, self.device)}
-        if self.sdecoder is not None:
-            teacher = self.algorithm.teacher if self.algorithm is not None else None
-            mask_model = teacher if (cfg.student_use_teacher_mask and teacher is not None) else None
-            result = self._bit_acc(self.student, mask_model)
-            metrics["student_bit_acc"] = result["bit_acc"]
-            metrics["student_roi_empty_rate"] = result["roi_empty_rate"]
-            if teacher is not None and not self.state.teacher_metrics:
-                teacher_result = self._bit_acc(teacher)
-                self.state.teacher_metrics = {"teacher_bit_acc": teacher_result["bit_acc"],
-                                              "teacher_roi_empty_rate": teacher_result["roi_empty_rate"]}
-            metrics.update(self.state.teacher_metrics)
+        """The student through the batched decoder2 (rank 0 only); the teacher too, once per run, or at every
+        validation when the student crops with the teacher's mask (`student_use_teacher_mask`)."""
+        use_teacher_mask = self.recipe.validation.student_use_teacher_mask
+        teacher = self.algorithm.teacher if self.algorithm is not None else None
+        if use_teacher_mask and teacher is None:
+            raise RecipeError("validation.student_use_teacher_mask needs a [teacher]")
+        models = [ModelSpec("student", self.student, "student", "teacher" if use_teacher_mask else None)]
+        if teacher is not None and (use_teacher_mask or not self.state.teacher_metrics):
+            models.append(ModelSpec("teacher", teacher, "teacher"))
+        scores = self._validator().evaluate(models)
+        student = scores["student"]
+        metrics = {"student_bit_acc": student["bit_acc"], "val_iou": student["iou"],
+                   "student_roi_empty_rate": student["roi_empty_rate"]}
+        if "teacher" in scores and not self.state.teacher_metrics:
+            self.state.teacher_metrics = {"teacher_bit_acc": scores["teacher"]["bit_acc"],
+                                          "teacher_iou": scores["teacher"]["iou"],
+                                          "teacher_roi_empty_rate": scores["teacher"]["roi_empty_rate"]}
+        metrics.update(self.state.teacher_metrics)
         return metrics
 
     def _validate_and_select(self) -> bool:

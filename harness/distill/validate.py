@@ -1,122 +1,83 @@
-"""Validation during training: bit accuracy through the decoder2 chain, and mask IoU, on a small fixed set.
+"""Validation during training: the project's batched decoder2 evaluator on a small validation set.
 
-`ValidationSet` holds the fitted 400×400 photos, masks and secrets in memory (uint8), made once per run.
-`bit_accuracy` runs the decoder2 chain with the project's evaluator when it is available
-(`harness.pipeline.batched.BatchedEvaluator`); otherwise an in-process twin of the same chain: rotate by each search
-angle (edge fill), localize, crop the largest logit > 0 region, decode, keep the angle with the lowest BCE against the
-secret. The backend used is reported with every result, so numbers from the two are never mixed up silently.
+The set is a dataset folder: `[validation] root`, or, when that is empty, a synthetic set generated once into the
+run directory (`val_set/`, `python -m harness.data synth` semantics, cached). Its photos are prepared once per run
+(fitted, rotated by each search angle with the EDT fill: `harness.pipeline.views.prepare`) and kept in memory, so a
+validation costs only the forward passes. Scenes carry their own camera tilt, so validation runs at tilt 0.
+
+Per model: `bit_acc` is the mean over watermarked photos of the bit accuracy at the angle with the lowest BCE, a
+photo whose ROI is empty at every angle (or that failed) counting 0, as the project's summaries do; `iou` is the mean
+mask IoU at the chosen angle; `roi_empty_rate` the share of photos without ROI.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from harness.distill.data import SceneSource, fit_scene
-from harness.geometry import rotate_tensor
-from harness.roi import crop_mask_and_image
+from harness.pipeline.batched import BatchedEvaluator, Decode, NamedLocalizer
+from harness.pipeline.views import ViewSpec, prepare
 
 
-@dataclass(frozen=True, eq=False)
-class ValidationSet:
-    images: torch.Tensor  # N×3×S×S uint8
-    masks: torch.Tensor  # N×1×S×S uint8 (0/255); zeros where unknown
-    has_mask: torch.Tensor  # N bool
-    secrets: torch.Tensor  # N×100 float (0/1)
-    has_secret: torch.Tensor  # N bool
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model to validate; `mask_from` names another model of the same call whose mask gives the ROI."""
+
+    name: str
+    module: nn.Module
+    role: str = "student"
+    mask_from: str | None = None
+
+
+def _score(decodes: list[Decode], secrets: list[np.ndarray]) -> dict[str, float]:
+    accs, ious, empty = [], [], 0
+    for decode, secret in zip(decodes, secrets):
+        if decode.status == "ok":
+            accs.append(float(((decode.probs >= 0.5).astype(np.uint8) == secret).mean()))
+        else:
+            accs.append(0.0)
+            empty += decode.status == "roi_empty"
+        if decode.iou is not None:
+            ious.append(decode.iou)
+    return {"bit_acc": float(np.mean(accs)) if accs else float("nan"),
+            "iou": float(np.mean(ious)) if ious else float("nan"),
+            "roi_empty_rate": empty / len(decodes) if decodes else float("nan")}
+
+
+class Validator:
+    """The watermarked photos of a dataset folder, prepared once; `evaluate` runs the batched decoder2 on them."""
+
+    def __init__(self, root: str | Path, sdecoder: nn.Module, angles: tuple[float, ...] = (0.0, 3.0, -3.0),
+                 bn_mode: str = "eval", batch_size: int = 8, device: torch.device | str = "cpu"):
+        from harness.data import load_dataset
+
+        samples = [s for s in load_dataset(root).samples if s.watermarked]
+        if not samples:
+            raise ValueError(f"validation set {root}: no watermarked photo to measure bit accuracy on")
+        spec = ViewSpec(tilts=(0.0,), angles=tuple(angles))
+        self.photos = [prepare(sample, i, spec) for i, sample in enumerate(samples)]
+        self.secrets = [np.asarray(sample.secret, np.uint8) for sample in samples]
+        self.sdecoder, self.angles, self.bn_mode = sdecoder, tuple(angles), bn_mode
+        self.batch_size, self.device = batch_size, device
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.photos)
 
-    @staticmethod
-    def from_scenes(scenes: SceneSource, image_size: int = 400) -> "ValidationSet":
-        images, masks, has_mask, secrets, has_secret = [], [], [], [], []
-        for i in range(len(scenes)):
-            scene = scenes[i]
-            image, mask = fit_scene(scene, image_size)
-            images.append((image * 255).round().to(torch.uint8))
-            has_mask.append(mask is not None)
-            masks.append(((mask if mask is not None else torch.zeros(1, image_size, image_size)) > 0.5).to(torch.uint8) * 255)
-            has_secret.append(scene.secret is not None)
-            secrets.append(torch.zeros(100) if scene.secret is None else torch.from_numpy(np.asarray(scene.secret, np.float32)))
-        return ValidationSet(torch.stack(images), torch.stack(masks), torch.tensor(has_mask), torch.stack(secrets),
-                             torch.tensor(has_secret))
+    @torch.no_grad()
+    def evaluate(self, models: list[ModelSpec]) -> dict[str, dict[str, float]]:
+        evaluator = BatchedEvaluator([NamedLocalizer(m.name, m.role, m.module, m.mask_from) for m in models],
+                                     self.sdecoder, self.angles, self.bn_mode, self.batch_size, oracle=False,
+                                     device=self.device)
+        results = evaluator.decode(self.photos, self.secrets)
+        return {m.name: _score([rows[0] for rows in results[m.name]], self.secrets) for m in models}
 
 
-@torch.no_grad()
-def _chain(mask_model: nn.Module, sdecoder: nn.Module, images: torch.Tensor, secrets: torch.Tensor,
-           angles: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per sample: bit accuracy of the best angle, and whether any angle found a region."""
-    size = images.shape[-1]
-    losses, bits_by_angle, found = [], [], []
-    for angle in angles:
-        turned = rotate_tensor(images, angle)
-        logits = F.interpolate(mask_model(turned).float(), size=turned.shape[-2:], mode="bilinear", align_corners=False)
-        rois = [crop_mask_and_image(mask, img, size).roi for mask, img in zip(logits, turned)]
-        present = torch.tensor([roi is not None for roi in rois])
-        stacked = torch.stack([roi if roi is not None else torch.zeros_like(img) for roi, img in zip(rois, turned)])
-        out = sdecoder(stacked).float()
-        bce = F.binary_cross_entropy_with_logits(out, secrets, reduction="none").mean(1)
-        losses.append(torch.where(present, bce, torch.full_like(bce, float("inf"))))
-        bits_by_angle.append((out >= 0).float())
-        found.append(present)
-    best = torch.stack(losses).argmin(0)
-    bits = torch.stack(bits_by_angle)[best, torch.arange(len(best))]
-    accuracy = (bits == secrets).float().mean(1)
-    any_found = torch.stack(found).any(0)
-    # An empty ROI at every angle reads nothing: count it as chance (0.5), the value of a guess.
-    return torch.where(any_found, accuracy, torch.full_like(accuracy, 0.5)), any_found
+def synth_validation_set(out_dir: Path, size: int, seed: int, key: int, tilt_range: float) -> Path:
+    """A random-secret synthetic set with background, generated into `out_dir` once (reused when it matches)."""
+    from harness.data.synth import SynthConfig, generate
 
-
-@torch.no_grad()
-def bit_accuracy(localizer: nn.Module, sdecoder: nn.Module, data: ValidationSet, batch_size: int = 16,
-                 angles: Sequence[float] = (0.0, 3.0, -3.0), mask_localizer: nn.Module | None = None,
-                 device: torch.device | str = "cpu") -> dict[str, float]:
-    """Mean bit accuracy over the watermarked samples; `mask_localizer` (the teacher) crops instead when given.
-
-    The chain runs the localizer in eval mode and restores its previous mode afterwards.
-    """
-    mask_model = mask_localizer if mask_localizer is not None else localizer
-    was_training = mask_model.training
-    mask_model.eval()
-    try:
-        keep = data.has_secret.nonzero().flatten()
-        accs, found = [], []
-        for start in range(0, len(keep), batch_size):
-            idx = keep[start:start + batch_size]
-            images = data.images[idx].float().div(255).to(device)
-            acc, any_found = _chain(mask_model, sdecoder, images, data.secrets[idx].to(device), angles)
-            accs.append(acc.cpu())
-            found.append(any_found.cpu())
-    finally:
-        mask_model.train(was_training)
-    if not accs:
-        return {"bit_acc": float("nan"), "roi_empty_rate": float("nan")}
-    return {"bit_acc": float(torch.cat(accs).mean()), "roi_empty_rate": float(1 - torch.cat(found).float().mean())}
-
-
-@torch.no_grad()
-def mask_iou(localizer: nn.Module, data: ValidationSet, batch_size: int = 16,
-             device: torch.device | str = "cpu") -> float:
-    """Mean IoU of (logit > 0) against the ground-truth mask at the photo's fitted size, over samples with a mask."""
-    was_training = localizer.training
-    localizer.eval()
-    try:
-        keep = data.has_mask.nonzero().flatten()
-        ious = []
-        for start in range(0, len(keep), batch_size):
-            idx = keep[start:start + batch_size]
-            images = data.images[idx].float().div(255).to(device)
-            logits = F.interpolate(localizer(images).float(), size=images.shape[-2:], mode="bilinear",
-                                   align_corners=False)
-            pred, truth = (logits > 0).flatten(1).cpu(), (data.masks[idx] > 127).flatten(1)
-            union = (pred | truth).sum(1).float()
-            inter = (pred & truth).sum(1).float()
-            ious.append(torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union)))
-    finally:
-        localizer.train(was_training)
-    return float(torch.cat(ious).mean()) if ious else float("nan")
+    return generate(SynthConfig(kind="random", background=True, n=size, seed=seed, tilt_range=tilt_range, key=key),
+                    out_dir)
