@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import statistics
 import time
 import warnings
@@ -72,12 +73,21 @@ def _fvcore_macs(model: nn.Module, input_hw: tuple[int, int]) -> tuple[int, int]
             from fvcore.nn import FlopCountAnalysis
 
             analysis = (FlopCountAnalysis(model, x).unsupported_ops_warnings(False)
-                        .uncalled_modules_warnings(False).tracer_warnings("none"))
+                        .uncalled_modules_warnings(False).tracer_warnings("none")
+                        .set_op_handle("aten::matmul", _matmul_macs))
             total = analysis.total()
             conv = analysis.by_operator().get("conv", 0)
     finally:
         model.train(was_training)
     return int(conv), int(total)
+
+
+def _matmul_macs(inputs: list, outputs: list) -> int:
+    """aten::matmul for any ranks (fvcore's own handle asserts 2-D operands and fails on matrix @ vector)."""
+    from fvcore.nn.jit_handles import get_shape
+
+    contraction = get_shape(inputs[0])[-1]
+    return math.prod(get_shape(outputs[0])) * contraction
 
 
 class _quiet_fvcore_logs:

@@ -73,3 +73,11 @@ def test_cli_prints_a_markdown_table(capsys):
         assert column in header
     row = next(line for line in out.splitlines() if line.startswith("| hrnet_w18_small_v1"))
     assert "1,536,481" in row and "| 435 " in row and "—" not in row
+
+
+def test_matmul_with_a_vector_is_counted():
+    class Projection(nn.Module):
+        def forward(self, x):  # B×3×H×W → B×3: (B·3)×(H·W) matrix @ (H·W) vector
+            return x.flatten(2) @ torch.ones(x.shape[-2] * x.shape[-1])
+
+    assert model_cost(Projection(), (4, 5)).total_gmacs * 1e9 == pytest.approx(3 * 20)
