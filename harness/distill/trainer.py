@@ -436,6 +436,7 @@ class Trainer:
                 validated_at = step
                 self.state.stopped_early = self._validate_and_select()
                 self.student.train()
+                tick = time.perf_counter()  # validation time is not a training step's time
             if step % recipe.run.ckpt_every == 0 or step == end or self.state.stopped_early:
                 self.save_last()
             if self.state.stopped_early:
