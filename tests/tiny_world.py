@@ -83,7 +83,8 @@ def scene(bits: np.ndarray, seed: int, size: tuple[int, int] = (440, 400)) -> tu
     """A photo (W×H) with the label of `bits` at a seeded place, and the label's mask."""
     rng = np.random.default_rng(seed)
     width, height = size
-    photo = rng.uniform(0.05, 0.3, (height, width, 3))
+    low = rng.uniform(0.0, 0.15)  # photos differ in brightness (NanLocalizer picks dark ones)
+    photo = rng.uniform(low, low + 0.25, (height, width, 3))
     cells = np.where(bits.reshape(10, 10) == 1, 0.95, 0.55)
     label = np.kron(cells, np.ones((LABEL_SIDE // 10, LABEL_SIDE // 10)))[..., None]
     x0, y0 = int(rng.integers(60, width - LABEL_SIDE - 60)), int(rng.integers(40, height - LABEL_SIDE - 40))
