@@ -20,8 +20,8 @@ NUM_BITS = 100
 @dataclass(frozen=True)
 class CodecConfig:
     grid: int = 12  # cells per side; the outer ring carries pilots, the inner (grid−2)² = 100 cells carry bits
-    period: float = 12.0  # grating period in label pixels (≥ 5 px left when the label is shrunk to 45 % in a photo)
-    psnr_db: float = 35.5  # every watermarked label is scaled to this PSNR (luminance change on R, G and B alike)
+    period: float = 10.0  # grating period in label pixels: 4.5 px when the label is shrunk to 45 % in a photo
+    psnr_db: float = 34.4  # every watermarked label is scaled to this PSNR (luminance change on R, G and B alike)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from harness.codec.layout import LABEL_SIZE, CodecConfig, make_layout, wave_vect
 
 LUMA = (0.299, 0.587, 0.114)
 WORK = 200  # maps are computed at half the ROI resolution
-PAD = 16  # reflect padding before the FFT, so the border cells do not wrap onto the opposite side
+PAD = 28  # reflect padding before the FFT (200 + 2·28 = 256), so border cells do not wrap onto the opposite side
 BAND_SIGMA = 0.045  # band-pass width in cycles per working pixel (tolerates ±10 % scale and a few degrees)
 SMOOTH_SIGMA = 1.0  # energy smoothing in working pixels (the cell is 16.7 working pixels)
 EPS = 1e-8  # energy floor (luminance in [0, 1]); keeps flat regions at r ≈ 0
@@ -33,24 +33,38 @@ LOGIT_GAIN = 1.5  # logit = gain · r, r being the log energy ratio
 
 
 def _coarse_grid() -> torch.Tensor:
-    """Candidate (angle°, scale x, scale y, shift x, shift y) of the coarse search (shift in ROI pixels)."""
+    """Candidate poses of the coarse search: angle°, scale (both axes), shift x, y in ROI pixels; no corner offsets."""
     angles = np.arange(-2.5, 2.51, 0.5)
     scales = np.arange(0.88, 1.101, 0.02)
     shifts = np.arange(-24, 24.1, 6.0)
     rows = [(a, s, s, tx, ty) for a, s, tx, ty in itertools.product(angles, scales, shifts, shifts)]
-    return torch.tensor(rows, dtype=torch.float64)
+    poses = torch.zeros(len(rows), POSE_SIZE, dtype=torch.float64)
+    poses[:, :5] = torch.tensor(rows, dtype=torch.float64)
+    return poses
 
 
-def _refine_offsets(step: tuple[float, float, float]) -> torch.Tensor:
-    """Offsets (angle, sx, sy, tx, ty) around a candidate: ±1 step per parameter, all combinations."""
+def _affine_steps(step: tuple[float, float, float]) -> torch.Tensor:
+    """Pose offsets around a candidate: −1, 0, +1 step on each affine parameter, all 3⁵ combinations."""
     d_angle, d_scale, d_shift = step
-    axes = [(-d_angle, 0, d_angle), (-d_scale, 0, d_scale), (-d_scale, 0, d_scale), (-d_shift, 0, d_shift),
-            (-d_shift, 0, d_shift)]
-    return torch.tensor(list(itertools.product(*axes)), dtype=torch.float64)
+    axes = [(-d, 0.0, d) for d in (d_angle, d_scale, d_scale, d_shift, d_shift)]
+    steps = torch.zeros(3**5, POSE_SIZE, dtype=torch.float64)
+    steps[:, :5] = torch.tensor(list(itertools.product(*axes)), dtype=torch.float64)
+    return steps
 
 
-REFINE_STEPS = ((0.25, 0.01, 3.0), (0.125, 0.005, 1.5), (0.0625, 0.0025, 0.75))
-TOP_K = 3  # coarse candidates refined
+def _corner_steps(step: float) -> torch.Tensor:
+    """Pose offsets moving one label corner by −1, 0, +1 step in x and y: 4 corners × 9, one corner at a time."""
+    steps = torch.zeros(4, 9, POSE_SIZE, dtype=torch.float64)
+    moves = torch.tensor(list(itertools.product((-step, 0.0, step), repeat=2)), dtype=torch.float64)
+    for corner in range(4):
+        steps[corner, :, 5 + 2 * corner : 7 + 2 * corner] = moves
+    return steps
+
+
+POSE_SIZE = 13  # angle°, scale x, scale y, shift x, shift y, then (dx, dy) of the corners TL, TR, BR, BL
+AFFINE_STEPS = ((0.25, 0.01, 3.0), (0.125, 0.005, 1.5), (0.0625, 0.0025, 0.75))
+CORNER_STEPS = (3.0, 1.5, 0.75)  # ROI pixels; the corners absorb perspective that an affine map cannot
+TOP_K = 4  # coarse candidates refined
 
 
 class ReferenceSDecoder(nn.Module):
@@ -68,13 +82,19 @@ class ReferenceSDecoder(nn.Module):
         self.register_buffer("band", _band_filters(config), persistent=False)
         self.register_buffer("smooth", _smoothing_filter(), persistent=False)
         self.register_buffer("coarse", _coarse_grid(), persistent=False)
-        self.refine = [_refine_offsets(step) for step in REFINE_STEPS]
+        self.register_buffer("coarse_index", _nearest_index(_map_points(self.coarse, self.pilot_offsets)), persistent=False)
+        self.affine_steps = [_affine_steps(step) for step in AFFINE_STEPS]
+        self.corner_steps = [_corner_steps(step) for step in CORNER_STEPS]
 
     def forward(self, roi: torch.Tensor) -> torch.Tensor:
         _check_roi(roi)
-        ratio = self.orientation_map(roi)  # B×1×200×200
-        params = torch.stack([self.align(r[None]) for r in ratio.detach()])  # B×5, a selection: no gradient
-        values = _sample(ratio, _affine_points(params, self.data_offsets.to(params)))  # B×100
+        # one sample at a time: the same operations on the same shapes, so batching never changes an answer
+        return torch.cat([self._decode(one[None]) for one in roi])
+
+    def _decode(self, roi: torch.Tensor) -> torch.Tensor:
+        ratio = self.orientation_map(roi)  # 1×1×200×200
+        pose = self.align(ratio.detach())  # a selection: the gradient flows through the read-out at this pose
+        values = _sample(ratio, _map_points(pose[None], self.data_offsets.to(pose)))  # 1×100
         return LOGIT_GAIN * values * self.data_sign.to(values)
 
     def orientation_map(self, roi: torch.Tensor) -> torch.Tensor:
@@ -93,30 +113,46 @@ class ReferenceSDecoder(nn.Module):
 
     @torch.no_grad()
     def align(self, ratio: torch.Tensor) -> torch.Tensor:
-        """The affine map (angle, sx, sy, tx, ty) whose mapped pilots agree best with the pilot codes."""
-        pilots = self.pilot_offsets.double()
-        scores = self._pilot_score(ratio, self.coarse, pilots)
+        """The pose (13 values) whose mapped pilot cells agree best with the known pilot codes."""
+        agreement = torch.tanh(ratio.double() / 2)  # 1×1×200×200; bounded, so one strong texture cannot dominate
+        sign = self.pilot_sign.double()
+        scores = agreement.reshape(-1)[self.coarse_index] @ sign  # coarse: nearest samples at precomputed indices
         best = self.coarse[scores.topk(TOP_K).indices]
-        for offsets in self.refine:
-            candidates = (best[:, None, :] + offsets[None]).reshape(-1, 5)
-            scores = self._pilot_score(ratio, candidates, pilots)
-            best = candidates[scores.topk(TOP_K).indices]
-        return best[0].float()
+        for steps in self.affine_steps:
+            best = self._best(agreement, (best[:, None, :] + steps[None]).reshape(-1, POSE_SIZE), TOP_K)
+        pose = best[:1]
+        for steps in self.corner_steps:
+            for corner_steps in steps:  # one corner at a time, holding the others
+                pose = self._best(agreement, pose + corner_steps, 1)
+        return pose[0].float()
 
-    def _pilot_score(self, ratio: torch.Tensor, candidates: torch.Tensor, pilots: torch.Tensor) -> torch.Tensor:
-        points = _affine_points(candidates, pilots)  # K×P×2
-        values = _sample(ratio, points.reshape(1, -1, 2)).reshape(points.shape[:2])
-        return (torch.tanh(values / 2) * self.pilot_sign.to(values)).sum(dim=1)
+    def _best(self, agreement: torch.Tensor, candidates: torch.Tensor, k: int) -> torch.Tensor:
+        points = _map_points(candidates, self.pilot_offsets.double())  # K×P×2
+        values = _sample(agreement, points.reshape(1, -1, 2)).reshape(points.shape[:2])
+        return candidates[(values @ self.pilot_sign.double()).topk(k).indices]
 
 
-def _affine_points(params: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """ROI pixel coordinates of label offsets under each map: centre + diag(sx, sy)·R(angle)·offset + shift."""
-    angle = params[:, 0] * (math.pi / 180)
+def _map_points(poses: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """ROI pixel coordinates K×N×2 of label offsets (N×2, about the label centre) under K poses.
+
+    centre + diag(sx, sy)·R(angle)·offset + shift, plus the corner offsets interpolated bilinearly over the label.
+    """
+    angle = poses[:, 0] * (math.pi / 180)
     cos, sin = torch.cos(angle)[:, None], torch.sin(angle)[:, None]
     ox, oy = offsets[:, 0][None], offsets[:, 1][None]
-    x = LABEL_SIZE / 2 + params[:, 1:2] * (cos * ox - sin * oy) + params[:, 3:4]
-    y = LABEL_SIZE / 2 + params[:, 2:3] * (sin * ox + cos * oy) + params[:, 4:5]
-    return torch.stack([x, y], dim=-1)
+    x = LABEL_SIZE / 2 + poses[:, 1:2] * (cos * ox - sin * oy) + poses[:, 3:4]
+    y = LABEL_SIZE / 2 + poses[:, 2:3] * (sin * ox + cos * oy) + poses[:, 4:5]
+    u, v = offsets[:, 0] / LABEL_SIZE + 0.5, offsets[:, 1] / LABEL_SIZE + 0.5
+    weights = torch.stack([(1 - u) * (1 - v), u * (1 - v), u * v, (1 - u) * v], dim=1)  # N×4: TL, TR, BR, BL
+    corners = poses[:, 5:].reshape(-1, 4, 2)  # K×4×2
+    return torch.stack([x, y], dim=-1) + weights[None] @ corners
+
+
+def _nearest_index(points: torch.Tensor) -> torch.Tensor:
+    """Flat indices into a WORK×WORK map of the working pixels nearest to K×N×2 ROI points (clamped at the border)."""
+    cols = (points[..., 0] * (WORK / LABEL_SIZE)).floor().long().clamp(0, WORK - 1)
+    rows = (points[..., 1] * (WORK / LABEL_SIZE)).floor().long().clamp(0, WORK - 1)
+    return rows * WORK + cols
 
 
 def _sample(maps: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
