@@ -123,7 +123,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         workers=args.workers, device=args.device, fpr_secret=args.fpr_secret, mode=args.mode)
 
 
-def _join_negative_values(argv: list[str]) -> list[str]:
+def join_option_values(argv: list[str]) -> list[str]:
     """`--tilts -5:5:1` → `--tilts=-5:5:1`: argparse would read "-5:5:1" as an option."""
     out, i = [], 0
     while i < len(argv):
@@ -167,7 +167,7 @@ def _pct(value: float | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(_join_negative_values(list(sys.argv[1:] if argv is None else argv)))
+    args = build_parser().parse_args(join_option_values(list(sys.argv[1:] if argv is None else argv)))
     try:
         cfg = config_from_args(args)
         rank, world_size, device = _distributed(cfg.device)

@@ -139,10 +139,10 @@ def evaluate(cfg: EvalConfig, out_dir: str | Path, models: Models | None = None,
     dataset, reference = _build_dataset(cfg)
     models = models if models is not None else build_models(cfg, device)
     check_models(models, n_bits=len(reference), bn_mode=cfg.bn_mode)
-    run_id = _run_identity(cfg, dataset, models)
-    _claim_out_dir(out_dir, run_id, rank, world_size)
     evaluator = BatchedEvaluator(models.localizers, models.sdecoder, cfg.angles, cfg.bn_mode, cfg.batch_size,
                                  resolve_roi_fn(cfg.roi_fn), cfg.oracle, device)
+    run_id = _run_identity(cfg, dataset, models)
+    _claim_out_dir(out_dir, run_id, rank, world_size)
     chunks = _my_chunks(len(dataset), cfg.chunk_size, out_dir, rank, world_size)
     _run_chunks(cfg, dataset, reference, evaluator, models, chunks, out_dir, progress and rank == 0)
     _barrier(world_size)

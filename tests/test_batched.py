@@ -1,6 +1,9 @@
 """The batched evaluator gives the reference's answers per sample: same angle, same bits, probabilities within 1e-5."""
 from __future__ import annotations
 
+import sys
+import types
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +15,7 @@ from harness.data import load_dataset, load_image
 from harness.pipeline.batched import ORACLE, BatchedEvaluator, NamedLocalizer
 from harness.pipeline.reference import Decoder2Config, Decoder2Reference
 from harness.pipeline.views import ViewSpec, prepare
+from harness.roi import RoiResult, crop_box, crop_mask_and_image, resolve_roi_fn
 from tiny_world import BrightLocalizer, CellSDecoder, NanLocalizer, make_dataset
 
 TILTS = (-2.5, 0.0, 3.0)
@@ -85,6 +89,33 @@ def test_teacher_mask_switch_and_oracle_agree_with_the_reference(dataset):
             _assert_same(switched.decode(photo, sample.secret, gt_mask=mask), out["student"][i][t], spec.angles)
             _assert_same(oracle.decode(photo, sample.secret, oracle_mask=mask), out[ORACLE][i][t], spec.angles)
             assert out[ORACLE][i][t].iou is None
+    assert evaluator.timings.rois["student"] == 0  # the teacher's crops were decoded once, for both
+
+
+def test_user_roi_function_agrees_with_the_reference(dataset, monkeypatch):
+    module = types.ModuleType("user_roi_for_tests")
+
+    def inner_crop(mask_logits: torch.Tensor, image: torch.Tensor) -> RoiResult:
+        """The default ROI shrunk by 4 px on each side: a user's own step."""
+        result = crop_mask_and_image(mask_logits, image)
+        if result.box is None:
+            return result
+        x0, y0, x1, y1 = result.box
+        box = (x0 + 4, y0 + 4, x1 - 4, y1 - 4)
+        return RoiResult(crop_box(image, box), box)
+
+    module.inner_crop = inner_crop
+    monkeypatch.setitem(sys.modules, "user_roi_for_tests", module)
+    teacher, sdecoder = BrightLocalizer(), CellSDecoder()
+    spec = ViewSpec((1.0,))
+    evaluator = BatchedEvaluator([NamedLocalizer("teacher", "teacher", teacher)], sdecoder, spec.angles,
+                                 roi_fn=resolve_roi_fn("user_roi_for_tests:inner_crop"), oracle=False)
+    out = evaluator.decode([prepare(dataset[0], 0, spec)], [dataset[0].secret])
+    photo, mask = _photo_and_mask(dataset[0], 1.0)
+    ref = Decoder2Reference(teacher, sdecoder, Decoder2Config(roi_fn="user_roi_for_tests:inner_crop"))
+    result = ref.decode(photo, dataset[0].secret, gt_mask=mask)
+    _assert_same(result, out["teacher"][0][0], spec.angles)
+    assert result.box[2] - result.box[0] < 200
 
 
 @pytest.mark.parametrize("fill", ["black", "validity"])

@@ -8,7 +8,9 @@ rotated by every search angle, EDT-filled) and runs every localizer of the run o
         ──► per (photo, tilt): BCE per angle, GT-BCE selection and blind selection, bits, box, mask IoU
 
 The oracle (ROI from the ground-truth mask) does not depend on any localizer, so it is decoded once per photo and
-tilt and reported under the name "oracle". BatchNorm runs in the run's `bn_mode` (`bn.inference_context`: "demo"
+tilt and reported under the name "oracle". With the default ROI step the crop depends only on the view and the box,
+so a (view, box) pair already decoded in the step (the teacher's box equal to a student's, or to the oracle's) is
+not decoded again. BatchNorm runs in the run's `bn_mode` (`bn.inference_context`: "demo"
 gives each image its own statistics inside a batch, as the demo's batch-1 `train()` does), so batching never changes
 an answer. Forward passes are timed per model (synchronised on CUDA).
 """
@@ -64,12 +66,13 @@ class Decode:
 
 @dataclass
 class Timings:
-    """Seconds spent per model, per step; `items` counts (photo, tilt, angle) views."""
+    """Seconds spent per model, per step; `items` counts (photo, tilt, angle) views, `rois` the ROIs decoded."""
 
     localizer_s: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     roi_s: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     sdecoder_s: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     items: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    rois: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
     def total_s(self, name: str) -> float:
         return self.localizer_s[name] + self.roi_s[name] + self.sdecoder_s[name]
@@ -79,11 +82,17 @@ class Timings:
 class _View:
     """One (photo, tilt, angle) seen by one model: its ROI, then the SDecoder's logits for it."""
 
-    roi: torch.Tensor | None = None  # 3×400×400, dropped once decoded
+    index: int = -1  # position of the view among the step's images
     box: Box | None = None
+    roi: torch.Tensor | None = None  # a user ROI function's 3×400×400 crop; the default crop is made from `box`
     iou: float | None = None  # of the predicted mask against the ground truth, where one exists
     logits: torch.Tensor | None = None  # (n_bits,); None: no ROI at this angle
     error: str | None = None
+
+    @property
+    def shared_crop(self) -> bool:
+        """The ROI is `crop_box(image, box)`: any model with the same box at this view has the same SDecoder input."""
+        return self.roi is None and self.box is not None
 
 
 class BatchedEvaluator:
@@ -129,19 +138,20 @@ class BatchedEvaluator:
         ready = [p for p in photos if p.error is None]
         images = torch.cat([p.images(t) for p in ready for t in range(p.n_tilts)]) if ready else None
         masks = {m.name: self._localize(m, images) for m in self.localizers} if ready else {}
+        decoded: dict[tuple[int, Box], torch.Tensor] = {}  # (view, box) → SDecoder logits, shared by all models
         results = {}
         for model in self.localizers:
             views = self._rois(model.name, masks[model.mask_from or model.name], images, ready) if ready else []
-            results[model.name] = self._decode_views(model.name, views, photos, secrets)
+            results[model.name] = self._decode_views(model.name, views, images, photos, secrets, decoded)
         if self.oracle:
-            views = self._oracle_rois(images, ready) if ready else []
-            results[ORACLE] = self._decode_views(ORACLE, views, photos, secrets)
+            views = self._oracle_rois(ready) if ready else []
+            results[ORACLE] = self._decode_views(ORACLE, views, images, photos, secrets, decoded)
         return results
 
-    def _decode_views(self, name: str, views: list[_View], photos: list[PhotoViews],
-                      secrets: list[np.ndarray]) -> list[list[Decode]]:
+    def _decode_views(self, name: str, views: list[_View], images: torch.Tensor | None, photos: list[PhotoViews],
+                      secrets: list[np.ndarray], decoded: dict) -> list[list[Decode]]:
         """SDecoder over the views' ROIs, then per photo and tilt the selection among the search angles."""
-        self._run_sdecoder(name, views)
+        self._run_sdecoder(name, views, images, decoded)
         decodes, n, n_angles = [], 0, len(self.angles)
         for photo, secret in zip(photos, secrets):
             if photo.error is not None:
@@ -170,28 +180,48 @@ class BatchedEvaluator:
     def _forward(self, module: nn.Module, inputs: torch.Tensor, clock: dict[str, float], name: str):
         """Outputs of `module` over `inputs` in batches of `batch_size`, on the CPU as float32; timed per model."""
         for start in range(0, inputs.shape[0], self.batch_size):
-            batch = inputs[start:start + self.batch_size].to(self.device)
-            self._sync()
-            t0 = time.perf_counter()
-            out = module(batch)
-            self._sync()
-            clock[name] += time.perf_counter() - t0
-            yield out.float().cpu()
+            yield self._timed(module, inputs[start:start + self.batch_size], clock, name)
+
+    def _timed(self, module: nn.Module, batch: torch.Tensor, clock: dict[str, float], name: str) -> torch.Tensor:
+        batch = batch.to(self.device)
+        self._sync()
+        t0 = time.perf_counter()
+        out = module(batch)
+        self._sync()
+        clock[name] += time.perf_counter() - t0
+        return out.float().cpu()
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # time the kernels, not their launch
 
-    def _run_sdecoder(self, name: str, views: list[_View]) -> None:
-        """Fill `logits` of every view with a ROI: the SDecoder in batches of `batch_size` ROIs."""
-        todo = [v for v in views if v.roi is not None]
-        if not todo:
-            return
-        rois = torch.stack([v.roi for v in todo])  # K×3×400×400
+    def _run_sdecoder(self, name: str, views: list[_View], images: torch.Tensor | None, decoded: dict) -> None:
+        """Fill `logits` of every view with a ROI: the SDecoder in batches of `batch_size` ROIs.
+
+        A default crop already decoded in this step (the same view and box, from another model or the oracle) is
+        not decoded again: the same input gives the same logits.
+        """
+        todo = []
+        for view in views:
+            if view.shared_crop and (view.index, view.box) in decoded:
+                view.logits = decoded[(view.index, view.box)]
+            elif view.roi is not None or view.shared_crop:
+                todo.append(view)
+        self.timings.rois[name] += len(todo)
         with inference_context(self.sdecoder, self.bn_mode):
-            out = torch.cat(list(self._forward(self.sdecoder, rois, self.timings.sdecoder_s, name)))
-        for view, logits in zip(todo, out):
-            view.logits, view.roi = logits, None  # the crop is no longer needed
+            for start in range(0, len(todo), self.batch_size):
+                batch = todo[start:start + self.batch_size]
+                out = self._timed(self.sdecoder, self._crops(name, batch, images), self.timings.sdecoder_s, name)
+                for view, logits in zip(batch, out):
+                    view.logits, view.roi = logits, None  # the crop is no longer needed
+                    if view.shared_crop:
+                        decoded[(view.index, view.box)] = logits
+
+    def _crops(self, name: str, views: list[_View], images: torch.Tensor) -> torch.Tensor:
+        t0 = time.perf_counter()
+        rois = torch.stack([crop_box(images[v.index], v.box) if v.roi is None else v.roi for v in views])
+        self.timings.roi_s[name] += time.perf_counter() - t0
+        return rois  # K×3×400×400
 
     # -------------------------------------------------------------------------------------------------- ROIs
 
@@ -205,33 +235,34 @@ class BatchedEvaluator:
                 for a, angle in enumerate(self.angles):
                     n = len(views)
                     gt = None if photo.gt_masks is None else photo.gt_masks[t, a]
-                    views.append(self._roi(logits[n], images[n], gt, angle, errors[n]))
+                    views.append(self._roi(n, logits[n], images[n], gt, angle, errors[n]))
         self.timings.roi_s[name] += time.perf_counter() - t0
         return views
 
-    def _roi(self, mask_logits: torch.Tensor, image: torch.Tensor, gt: np.ndarray | None, angle: float,
+    def _roi(self, n: int, mask_logits: torch.Tensor, image: torch.Tensor, gt: np.ndarray | None, angle: float,
              error: str | None) -> _View:
         if error is not None:
-            return _View(error=f"angle {angle:g}: {error}")
+            return _View(n, error=f"angle {angle:g}: {error}")
+        iou = None if gt is None else metrics.mask_iou(mask_logits[0] > 0, gt)
+        if self.roi_fn is crop_mask_and_image:
+            # the default step, split: the box now, the crop only if no model decoded this view and box yet
+            return _View(n, box_from_mask(mask_logits[0] > 0), iou=iou)
         try:
             result = as_roi_result(self.roi_fn(mask_logits, image))
         except Exception as err:  # a user's ROI function: any error fails this sample, never the run
-            return _View(error=f"angle {angle:g}: ROI function raised {type(err).__name__}: {err}")
-        iou = None if gt is None else metrics.mask_iou(mask_logits[0] > 0, gt)
-        return _View(result.roi, result.box, iou)
+            return _View(n, error=f"angle {angle:g}: ROI function raised {type(err).__name__}: {err}")
+        return _View(n, result.box, result.roi, iou)
 
-    def _oracle_rois(self, images: torch.Tensor, photos: list[PhotoViews]) -> list[_View]:
+    def _oracle_rois(self, photos: list[PhotoViews]) -> list[_View]:
         """The ROI from the ground-truth mask's box, at every (photo, tilt, angle); no localizer runs."""
         t0, views = time.perf_counter(), []
         for photo in photos:
             for t in range(photo.n_tilts):
                 for a in range(len(self.angles)):
-                    n = len(views)
                     if photo.gt_masks is None:
-                        views.append(_View(error="no ground-truth mask for the oracle ROI"))
-                        continue
-                    box = box_from_mask(photo.gt_masks[t, a])
-                    views.append(_View() if box is None else _View(crop_box(images[n], box), box))
+                        views.append(_View(len(views), error="no ground-truth mask for the oracle ROI"))
+                    else:
+                        views.append(_View(len(views), box_from_mask(photo.gt_masks[t, a])))
         self.timings.roi_s[ORACLE] += time.perf_counter() - t0
         return views
 
