@@ -6,6 +6,7 @@ global batch; rank 0 validates and writes the run directory.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -33,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         print(err, file=sys.stderr)
         return 2
     state = train(recipe, args.out, resume=args.resume, until_step=args.until_step, progress=not args.no_progress)
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # rank 0 reports for the run
     print(f"{args.out}: step {state.step}, best {recipe.validation.metric} {state.best_metric:.4f} "
           f"at step {state.best_step}{' (stopped early)' if state.stopped_early else ''}")
     return 0
