@@ -228,8 +228,12 @@ def _device_of(module: nn.Module) -> torch.device:
 
 
 def _run_identity(cfg: EvalConfig, dataset: Dataset, models: Models) -> dict:
-    """What the records of this out dir belong to: a resumed run must match it exactly."""
-    return {"config": asdict(cfg), "dataset_hash": dataset_hash(dataset.root), "checkpoints": models.checkpoints,
+    """What the records of this out dir belong to: a resumed run must match it exactly.
+
+    The number of DataLoader workers is left out: it never changes an answer, and a resumed run may use others.
+    """
+    config = {k: v for k, v in asdict(cfg).items() if k != "workers"}
+    return {"config": config, "dataset_hash": dataset_hash(dataset.root), "checkpoints": models.checkpoints,
             "models": [[m.name, m.role] for m in models.localizers]}
 
 
@@ -344,7 +348,7 @@ def _aggregate(cfg: EvalConfig, out_dir: Path, n_photos: int, n_bits: int, run_i
     write_atomic(out_dir / "records.csv", text)
     write_atomic(out_dir / "timings.csv", _merge_timings(out_dir, n_chunks))
     results = summary.aggregate(summary.read_records(text), n_bits)
-    return Summary(results, _provenance(run_id, device), _timing(evaluator, started))
+    return Summary(results, _provenance(cfg, run_id, device), _timing(evaluator, started))
 
 
 def _merge_timings(out_dir: Path, n_chunks: int) -> str:
@@ -356,8 +360,8 @@ def _merge_timings(out_dir: Path, n_chunks: int) -> str:
     return _timing_csv(sorted(rows, key=lambda r: (r[0], r[1], float(r[2]), r[3])))
 
 
-def _provenance(run_id: dict, device: str) -> dict:
-    return {"config": run_id["config"], "git_commit": summary.git_commit(), "versions": summary.package_versions(),
+def _provenance(cfg: EvalConfig, run_id: dict, device: str) -> dict:
+    return {"config": asdict(cfg), "git_commit": summary.git_commit(), "versions": summary.package_versions(),
             "device": summary.device_description(device), "torch_threads": torch.get_num_threads(),
             "checkpoints": run_id["checkpoints"], "dataset_hash": run_id["dataset_hash"],
             "date": summary.now_utc()}

@@ -44,6 +44,7 @@ def _deterministic(summary_path) -> dict:
     doc = json.loads(summary_path.read_text())
     doc.pop("timing")
     doc["provenance"].pop("date")
+    doc["provenance"]["config"].pop("workers")
     return doc
 
 
@@ -77,7 +78,8 @@ def test_interrupted_run_resumes_to_identical_records_and_summary(data_dir, tmp_
         return original(self, photos, secrets)
 
     monkeypatch.setattr(BatchedEvaluator, "decode", counting)
-    evaluate(cfg, tmp_path / "resumed", models=_models(), progress=False)
+    with_workers = _config(data_dir, workers=1)  # views prepared in a DataLoader process this time
+    evaluate(with_workers, tmp_path / "resumed", models=_models(), progress=False)
     assert resumed_calls["n"] == 1  # only the last chunk (one photo) was decoded again
     assert (tmp_path / "resumed" / "records.csv").read_text() == records
     assert _deterministic(tmp_path / "resumed" / "summary.json") == _deterministic(tmp_path / "whole" / "summary.json")
