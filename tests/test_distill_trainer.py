@@ -130,3 +130,16 @@ def test_tilt_augmentation_turns_photo_and_mask_together():
     bright = tilted["image"].mean(0, keepdim=True) > 0.55
     agree = (bright == (tilted["mask"] > 0.5)).float().mean()
     assert agree > 0.97
+
+
+def test_resume_refuses_another_world_size_and_a_finished_run_stays_finished(tmp_path):
+    run = tmp_path / "run"
+    _run(tiny_recipe(max_steps=2), run)
+    before = (run / "last.pt").read_bytes()
+    assert _run(tiny_recipe(max_steps=2), run, resume=True).step == 2
+    assert (run / "last.pt").read_bytes() == before  # nothing retrained or rewritten
+    last = torch.load(run / "last.pt", weights_only=True)
+    last["world_size"] = 2
+    torch.save(last, run / "last.pt")
+    with pytest.raises(RecipeError, match=r"saved by 2 process\(es\), resumed by 1"):
+        _run(tiny_recipe(max_steps=2), run, resume=True)

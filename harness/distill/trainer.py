@@ -271,6 +271,7 @@ class Trainer:
                           "stopped_early": self.state.stopped_early},
             "config": self.recipe.to_dict(),
             "teacher_sha256": self.teacher_sha256,
+            "world_size": self.dist.world_size,
         }
 
     def save_last(self) -> None:
@@ -295,6 +296,9 @@ class Trainer:
         if saved["teacher_sha256"] != self.teacher_sha256:
             raise RecipeError(f"{path}: the teacher checkpoint changed (sha256 {saved['teacher_sha256'][:12]} → "
                               f"{self.teacher_sha256[:12]})")
+        if saved.get("world_size", 1) != self.dist.world_size:
+            raise RecipeError(f"{path}: saved by {saved.get('world_size', 1)} process(es), resumed by "
+                              f"{self.dist.world_size}: the global batch would change")
         self.student.backbone.load_state_dict(saved["student"], strict=True)
         if self.algorithm is not None:
             self.algorithm.distiller.connectors.load_state_dict(saved["connectors"], strict=True)
@@ -413,8 +417,8 @@ class Trainer:
         end = min(recipe.run.max_steps, until_step if until_step is not None else recipe.run.max_steps)
         self.log.write(event="start", step=self.state.step, world_size=self.dist.world_size, device=str(self.device),
                        amp=self.amp, teacher_sha256=self.teacher_sha256)
-        if self.state.stopped_early:
-            return self.state
+        if self.state.stopped_early or self.state.step >= recipe.run.max_steps:
+            return self.state  # a finished run: nothing to do
         loader = self._loader(self.state.step, end)
         bar = self._progress_bar(end)
         tick, validated_at = time.perf_counter(), -1
