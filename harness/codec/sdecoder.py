@@ -24,11 +24,13 @@ import torch.nn.functional as F
 from harness.codec.layout import LABEL_SIZE, CodecConfig, make_layout, wave_vectors
 
 LUMA = (0.299, 0.587, 0.114)
-WORK = 200  # maps are computed at half the ROI resolution
+WORK = 200  # the luminance is analysed at half the ROI resolution
 PAD = 28  # reflect padding before the FFT (200 + 2·28 = 256), so border cells do not wrap onto the opposite side
+FFT_SIZE = WORK + 2 * PAD
+CROP = 128  # spectrum kept around each wave vector: the responses come out at half the working resolution
+MAP = WORK * CROP // FFT_SIZE  # 100: side of the orientation map, 4 ROI pixels per sample
 BAND_SIGMA = 0.045  # band-pass width in cycles per working pixel (tolerates ±10 % scale and a few degrees)
-SMOOTH_SIGMA = 1.0  # energy smoothing in working pixels (the cell is 16.7 working pixels)
-EPS = 1e-8  # energy floor (luminance in [0, 1]); keeps flat regions at r ≈ 0
+EPS = 1e-9  # energy floor (luminance in [0, 1]); keeps flat regions at r ≈ 0
 LOGIT_GAIN = 1.5  # logit = gain · r, r being the log energy ratio
 
 
@@ -40,7 +42,7 @@ def _coarse_grid() -> torch.Tensor:
     rows = [(a, s, s, tx, ty) for a, s, tx, ty in itertools.product(angles, scales, shifts, shifts)]
     poses = torch.zeros(len(rows), POSE_SIZE, dtype=torch.float64)
     poses[:, :5] = torch.tensor(rows, dtype=torch.float64)
-    return poses
+    return poses.float()
 
 
 def _affine_steps(step: tuple[float, float, float]) -> torch.Tensor:
@@ -49,7 +51,7 @@ def _affine_steps(step: tuple[float, float, float]) -> torch.Tensor:
     axes = [(-d, 0.0, d) for d in (d_angle, d_scale, d_scale, d_shift, d_shift)]
     steps = torch.zeros(3**5, POSE_SIZE, dtype=torch.float64)
     steps[:, :5] = torch.tensor(list(itertools.product(*axes)), dtype=torch.float64)
-    return steps
+    return steps.float()
 
 
 def _corner_steps(step: float) -> torch.Tensor:
@@ -58,7 +60,7 @@ def _corner_steps(step: float) -> torch.Tensor:
     moves = torch.tensor(list(itertools.product((-step, 0.0, step), repeat=2)), dtype=torch.float64)
     for corner in range(4):
         steps[corner, :, 5 + 2 * corner : 7 + 2 * corner] = moves
-    return steps
+    return steps.float()
 
 
 POSE_SIZE = 13  # angle°, scale x, scale y, shift x, shift y, then (dx, dy) of the corners TL, TR, BR, BL
@@ -74,17 +76,19 @@ class ReferenceSDecoder(nn.Module):
         super().__init__()
         self.key, self.config = int(key), config
         layout = make_layout(self.key, config)
-        offsets = torch.tensor(layout.centres - LABEL_SIZE / 2, dtype=torch.float64)  # about the label centre
+        offsets = torch.tensor(layout.centres - LABEL_SIZE / 2, dtype=torch.float32)  # about the label centre
         self.register_buffer("pilot_offsets", offsets[layout.pilot_index], persistent=False)
         self.register_buffer("data_offsets", offsets[layout.data_index], persistent=False)
-        self.register_buffer("pilot_sign", torch.tensor(2.0 * layout.pilot_code - 1), persistent=False)
-        self.register_buffer("data_sign", torch.tensor(1.0 - 2.0 * layout.whitening), persistent=False)
-        self.register_buffer("band", _band_filters(config), persistent=False)
-        self.register_buffer("smooth", _smoothing_filter(), persistent=False)
+        self.register_buffer("pilot_sign", torch.tensor(2.0 * layout.pilot_code - 1, dtype=torch.float32), persistent=False)
+        self.register_buffer("data_sign", torch.tensor(1.0 - 2.0 * layout.whitening, dtype=torch.float32), persistent=False)
+        bins, band = _band_filters(config)
+        self.register_buffer("band", band, persistent=False)
+        self.register_buffer("crop_rows", torch.stack([_crop_index(row) for row, _ in bins]), persistent=False)
+        self.register_buffer("crop_cols", torch.stack([_crop_index(col) for _, col in bins]), persistent=False)
         self.register_buffer("coarse", _coarse_grid(), persistent=False)
         self.register_buffer("coarse_index", _nearest_index(_map_points(self.coarse, self.pilot_offsets)), persistent=False)
-        self.affine_steps = [_affine_steps(step) for step in AFFINE_STEPS]
-        self.corner_steps = [_corner_steps(step) for step in CORNER_STEPS]
+        self.register_buffer("affine_steps", torch.stack([_affine_steps(s) for s in AFFINE_STEPS]), persistent=False)
+        self.register_buffer("corner_steps", torch.stack([_corner_steps(s) for s in CORNER_STEPS]), persistent=False)
 
     def forward(self, roi: torch.Tensor) -> torch.Tensor:
         _check_roi(roi)
@@ -98,38 +102,43 @@ class ReferenceSDecoder(nn.Module):
         return LOGIT_GAIN * values * self.data_sign.to(values)
 
     def orientation_map(self, roi: torch.Tensor) -> torch.Tensor:
-        """r = log E_a − log E_b at working resolution, B×1×200×200."""
+        """r = log E_a − log E_b, B×1×100×100 (one sample per 4 ROI pixels)."""
         luma = sum(w * roi[:, c : c + 1] for c, w in enumerate(LUMA))
-        small = F.avg_pool2d(luma, 2)
-        padded = F.pad(small, (PAD,) * 4, mode="reflect")
+        padded = F.pad(F.avg_pool2d(luma, 2), (PAD,) * 4, mode="reflect")  # B×1×256×256
         spectrum = torch.fft.fft2(padded)
         energies = []
-        for band in self.band:
-            response = torch.fft.ifft2(spectrum * band)
+        for rows, cols, band in zip(self.crop_rows, self.crop_cols, self.band):
+            # demodulate: the band's centre bin moves to zero frequency and only CROP×CROP bins around it are kept,
+            # so the complex response comes out directly at the (coarser) map resolution
+            response = torch.fft.ifft2(spectrum[..., rows[:, None], cols[None, :]] * band)
             energy = response.real**2 + response.imag**2
-            smooth = torch.fft.irfft2(torch.fft.rfft2(energy) * self.smooth, s=energy.shape[-2:])
-            energies.append(smooth[..., PAD:-PAD, PAD:-PAD].clamp_min(0))
+            energies.append(energy[..., PAD // 2 : -(PAD // 2), PAD // 2 : -(PAD // 2)])
         return torch.log(energies[0] + EPS) - torch.log(energies[1] + EPS)
 
     @torch.no_grad()
     def align(self, ratio: torch.Tensor) -> torch.Tensor:
         """The pose (13 values) whose mapped pilot cells agree best with the known pilot codes."""
-        agreement = torch.tanh(ratio.double() / 2)  # 1×1×200×200; bounded, so one strong texture cannot dominate
-        sign = self.pilot_sign.double()
-        scores = agreement.reshape(-1)[self.coarse_index] @ sign  # coarse: nearest samples at precomputed indices
+        agreement = torch.tanh(ratio / 2)  # bounded, so one strongly textured spot cannot dominate
+        scores = agreement.reshape(-1)[self.coarse_index] @ self.pilot_sign  # nearest samples, precomputed places
         best = self.coarse[scores.topk(TOP_K).indices]
-        for steps in self.affine_steps:
-            best = self._best(agreement, (best[:, None, :] + steps[None]).reshape(-1, POSE_SIZE), TOP_K)
+        for stage, steps in enumerate(self.affine_steps):
+            candidates = (best[:, None, :] + steps[None]).reshape(-1, POSE_SIZE)
+            best = candidates[self._scores(agreement, candidates).topk(TOP_K if stage == 0 else 1).indices]
         pose = best[:1]
         for steps in self.corner_steps:
-            for corner_steps in steps:  # one corner at a time, holding the others
-                pose = self._best(agreement, pose + corner_steps, 1)
-        return pose[0].float()
+            for _ in range(2):
+                pose = self._move_corners(agreement, pose, steps)
+        return pose[0]
 
-    def _best(self, agreement: torch.Tensor, candidates: torch.Tensor, k: int) -> torch.Tensor:
-        points = _map_points(candidates, self.pilot_offsets.double())  # K×P×2
+    def _move_corners(self, agreement: torch.Tensor, pose: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+        """Every corner takes its own best move among 9 (the others held), then all moves are applied together."""
+        scores = self._scores(agreement, (pose + steps.reshape(-1, POSE_SIZE))).reshape(4, 9)
+        return pose + steps[torch.arange(4), scores.argmax(dim=1)].sum(dim=0, keepdim=True)
+
+    def _scores(self, agreement: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        points = _map_points(candidates, self.pilot_offsets)  # K×P×2
         values = _sample(agreement, points.reshape(1, -1, 2)).reshape(points.shape[:2])
-        return candidates[(values @ self.pilot_sign.double()).topk(k).indices]
+        return values @ self.pilot_sign
 
 
 def _map_points(poses: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
@@ -149,10 +158,10 @@ def _map_points(poses: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
 
 
 def _nearest_index(points: torch.Tensor) -> torch.Tensor:
-    """Flat indices into a WORK×WORK map of the working pixels nearest to K×N×2 ROI points (clamped at the border)."""
-    cols = (points[..., 0] * (WORK / LABEL_SIZE)).floor().long().clamp(0, WORK - 1)
-    rows = (points[..., 1] * (WORK / LABEL_SIZE)).floor().long().clamp(0, WORK - 1)
-    return rows * WORK + cols
+    """Flat indices into a MAP×MAP map of the samples nearest to K×N×2 ROI points (clamped at the border)."""
+    cols = (points[..., 0] * (MAP / LABEL_SIZE)).floor().long().clamp(0, MAP - 1)
+    rows = (points[..., 1] * (MAP / LABEL_SIZE)).floor().long().clamp(0, MAP - 1)
+    return rows * MAP + cols
 
 
 def _sample(maps: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
@@ -161,25 +170,24 @@ def _sample(maps: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(maps, grid, mode="bilinear", padding_mode="border", align_corners=False)[:, 0, :, 0]
 
 
-def _band_filters(config: CodecConfig) -> torch.Tensor:
-    """2×H×W Gaussian band-pass transfer functions at the two wave vectors (one-sided: analytic responses)."""
-    size = WORK + 2 * PAD
-    freq = torch.fft.fftfreq(size, dtype=torch.float64)  # cycles per working pixel
-    fy, fx = torch.meshgrid(freq, freq, indexing="ij")
-    bands = []
+def _band_filters(config: CodecConfig) -> tuple[list[tuple[int, int]], torch.Tensor]:
+    """Centre bins (row, column) of the two wave vectors in the FFT_SIZE spectrum, and 2×CROP×CROP Gaussian
+    band-pass transfer functions in the demodulated (cropped) spectrum."""
+    offsets = torch.fft.fftfreq(CROP, dtype=torch.float64) * CROP  # bin offsets after the crop: 0, 1, …, −1
+    gy, gx = torch.meshgrid(offsets, offsets, indexing="ij")
+    bins, bands = [], []
     for kx, ky in wave_vectors(config):
-        cx, cy = kx * 2 / (2 * math.pi), ky * 2 / (2 * math.pi)  # label radians/px → working cycles/px
-        bands.append(torch.exp(-((fx - cx) ** 2 + (fy - cy) ** 2) / (2 * BAND_SIGMA**2)))
-    return torch.stack(bands).float()
+        cx, cy = (k * 2 / (2 * math.pi) * FFT_SIZE for k in (kx, ky))  # label rad/px → working bins
+        row, col = round(cy), round(cx)
+        distance2 = ((gx + col - cx) ** 2 + (gy + row - cy) ** 2) / FFT_SIZE**2  # (cycles per working pixel)²
+        bins.append((row, col))
+        bands.append(torch.exp(-distance2 / (2 * BAND_SIGMA**2)))
+    return bins, torch.stack(bands).float()
 
 
-def _smoothing_filter() -> torch.Tensor:
-    """rfft2 transfer function of a Gaussian of SMOOTH_SIGMA working pixels."""
-    size = WORK + 2 * PAD
-    fy = torch.fft.fftfreq(size, dtype=torch.float64)
-    fx = torch.fft.rfftfreq(size, dtype=torch.float64)
-    gy, gx = torch.meshgrid(fy, fx, indexing="ij")
-    return torch.exp(-2 * math.pi**2 * SMOOTH_SIGMA**2 * (gx**2 + gy**2)).float()
+def _crop_index(centre: int) -> torch.Tensor:
+    """Indices of the CROP bins centred on `centre` along one axis of the FFT_SIZE spectrum, in FFT order."""
+    return (torch.fft.fftfreq(CROP, dtype=torch.float64) * CROP).long().add(centre).remainder(FFT_SIZE)
 
 
 def _check_roi(roi: torch.Tensor) -> None:
