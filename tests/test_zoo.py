@@ -89,7 +89,8 @@ def test_localizer_rejects_more_than_one_channel():
         Localizer(Spy(lambda x: x[:, :2]))(torch.rand(1, 3, 8, 8))
 
 
-@pytest.mark.parametrize("bad", [torch.rand(1, 4, 8, 8), torch.rand(3, 8, 8), torch.zeros(1, 3, 8, 8, dtype=torch.uint8)])
+@pytest.mark.parametrize("bad", [torch.rand(1, 4, 8, 8), torch.rand(3, 8, 8),
+                                 torch.zeros(1, 3, 8, 8, dtype=torch.uint8)])
 def test_localizer_rejects_bad_input(bad):
     with pytest.raises(ValueError, match="B×3×H×W"):
         Localizer(Spy())(bad)
