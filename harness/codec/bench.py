@@ -43,7 +43,7 @@ TARGETS = (
     Target("bit acc ±1°", 0.97), Target("bit acc ±2°", 0.97), Target("bit acc JPEG 75", 0.95),
     Target("bit acc box error 3 %", 0.95), Target("bit acc un-watermarked", 0.45, 0.55),
     Target("bit acc scene ROI, residual ±2°", 0.97), Target("bit acc chain −5..5° (GT mask)", 0.97),
-    Target("ms per ROI (1 thread)", 0.0, 40.0),
+    Target("ms per ROI (1 thread, CPU)", 0.0, 40.0),
 )
 
 
@@ -147,7 +147,8 @@ def run(n: int, seed: int, key: int) -> dict[str, float]:
     decode = torch.no_grad()(decoder)
     rng = np.random.default_rng([seed, 0xBE4C])
     values: dict[str, list[float]] = {}
-    timings: list[float] = []
+    cpu_times: list[float] = []
+    wall_times: list[float] = []
 
     def record(name: str, value: float) -> None:
         values.setdefault(name, []).append(value)
@@ -159,9 +160,10 @@ def run(n: int, seed: int, key: int) -> dict[str, float]:
         canvas = on_background(rng, marked)
         for name, rois in label_conditions(rng, canvas, marked).items():
             for roi in rois:
-                start = time.perf_counter()
+                cpu, wall = time.process_time(), time.perf_counter()
                 record(name, bit_acc(decode(roi), bits))
-                timings.append(time.perf_counter() - start)
+                cpu_times.append(time.process_time() - cpu)
+                wall_times.append(time.perf_counter() - wall)
         record("bit acc un-watermarked", bit_acc(decode(to_roi(label)), bits))
         photo, mask, secret = tilted_scene(index, seed, float(rng.uniform(-2, 2)))
         record("bit acc scene ROI, residual ±2°", bit_acc(decode(scene_roi(photo, mask, 0.0)), secret))
@@ -170,7 +172,9 @@ def run(n: int, seed: int, key: int) -> dict[str, float]:
     summary = {name: float(np.mean(v)) for name, v in values.items() if name != "PSNR"}
     summary["PSNR mean (dB)"] = float(np.mean(values["PSNR"]))
     summary["PSNR min (dB)"] = float(np.min(values["PSNR"]))
-    summary["ms per ROI (1 thread)"] = 1000 * float(np.median(timings))
+    # CPU time of this process: on a shared machine the wall clock also counts other processes' turns
+    summary["ms per ROI (1 thread, CPU)"] = 1000 * float(np.median(cpu_times))
+    summary["ms per ROI (wall clock)"] = 1000 * float(np.median(wall_times))
     return summary
 
 
@@ -181,6 +185,7 @@ def report(summary: dict[str, float], n: int) -> str:
         bound = f"≥ {target.low:g}" if target.high == float("inf") else f"{target.low:g}..{target.high:g}"
         verdict = "PASS" if target.low <= value <= target.high else "FAIL"
         lines.append(f"{target.name:<34} {value:>9.4f}  {bound:<14} {verdict}")
+    lines.append(f"{'ms per ROI (wall clock)':<34} {summary['ms per ROI (wall clock)']:>9.4f}  (information)")
     return "\n".join(lines)
 
 

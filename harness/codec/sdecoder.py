@@ -1,15 +1,25 @@
-"""The reference SDecoder: orientation-energy maps, a pilot-driven alignment search, a differentiable read-out.
+"""The reference SDecoder: orientation-energy maps, a pilot-driven pose search, a differentiable read-out.
 
-1. Luminance at half resolution (200×200), reflect-padded, one FFT; two Gaussian band-pass filters centred on the
-   wave vectors of orientations a and b give complex responses whose squared modulus, smoothed over about a cell,
-   is the local energy of each orientation. r = log E_a − log E_b is the orientation map (r > 0 ⇔ code 1).
-2. The ROI holds the label up to a rotation of a few degrees, a scale per axis and a shift (decoder2's residual
-   angle, the bounding box taking in background corners, a localizer's box error). Candidate affine maps are scored
-   by sampling r at the mapped pilot-cell centres and correlating with the known pilot codes; a coarse grid over
-   (angle, scale, shift) is refined twice around the best candidates. Scoring by pilots, not by overall confidence,
-   matters: the host's texture cannot fake the pilots' known pattern.
-3. The data cells are read by sampling r at their centres under the chosen map (bilinear grid_sample): the search is
-   a selection, the read-out is differentiable w.r.t. the input, and every sample in a batch is handled on its own.
+Why this design. decoder2 hands the SDecoder a label that is rotated by up to ±2° (the residual between the camera
+tilt and the nearest of its 0/±3° rotations), framed by an axis-aligned box that takes in background corners or
+misses a few per cent of the label (a localizer's box error), slightly in perspective, shrunk to 45–80 % of a
+photo, blurred, noisy and JPEG-compressed, then resized back to 400×400. A fixed cell grid read in place breaks
+under that (a 2 % box error already moves the outer cells by a quarter of a cell). So the decoder registers
+itself on the watermark's own structure: 44 pilot cells of known orientation on the outer ring give a score for
+any candidate pose that the host's texture cannot fake, and the pose with the best pilot agreement is read.
+Orientation energy (not phase) carries each bit, so the read-out needs the pose only to a fraction of a cell.
+
+1. Orientation map. Luminance at half resolution, reflect-padded to 256×256, one FFT. For each of the two wave
+   vectors the spectrum is demodulated (its 128×128 bins around the wave vector, times a Gaussian band-pass) and
+   inverse-transformed: the squared modulus is the local energy of that orientation, directly on a 100×100 grid
+   (4 ROI pixels per sample). r = log E_a − log E_b (r > 0 ⇔ orientation a).
+2. Pose search on tanh(r/2), sampled at the mapped pilot centres (never warping the image): a coarse grid of
+   angle ±2.5°, common scale 0.86–1.14 and shift ±40 px read at precomputed nearest samples; the best candidates
+   are stretched per axis (each box edge errs on its own), refined three times on the affine parameters, then
+   each label corner is moved on its own to absorb perspective (bilinear corner offsets).
+3. Read-out: r sampled bilinearly at the 100 data-cell centres under the chosen pose, unwhitened, mapped to a
+   logit by cap · tanh(gain · r / cap). The search is a selection without gradient; the read-out is
+   differentiable w.r.t. the input. Every sample of a batch is decoded on its own, so batching changes nothing.
 """
 from __future__ import annotations
 
@@ -31,18 +41,26 @@ CROP = 128  # spectrum kept around each wave vector: the responses come out at h
 MAP = WORK * CROP // FFT_SIZE  # 100: side of the orientation map, 4 ROI pixels per sample
 BAND_SIGMA = 0.045  # band-pass width in cycles per working pixel (tolerates ±10 % scale and a few degrees)
 EPS = 1e-9  # energy floor (luminance in [0, 1]); keeps flat regions at r ≈ 0
-LOGIT_GAIN = 1.5  # logit = gain · r, r being the log energy ratio
+LOGIT_GAIN = 2.0  # logit = cap · tanh(gain · r / cap), r being the log energy ratio: fitted on scene ROIs
+LOGIT_CAP = 10.0  # (lowest BCE near gain 2.5; 2.0 keeps the median |logit| of a clean read near 7), capped so one
+# confidently wrong bit cannot dominate the BCE that decoder2 uses to pick an angle
 
 
 def _coarse_grid() -> torch.Tensor:
-    """Candidate poses of the coarse search: angle°, scale (both axes), shift x, y in ROI pixels; no corner offsets."""
-    angles = np.arange(-2.5, 2.51, 0.5)
-    scales = np.arange(0.88, 1.101, 0.02)
-    shifts = np.arange(-24, 24.1, 6.0)
-    rows = [(a, s, s, tx, ty) for a, s, tx, ty in itertools.product(angles, scales, shifts, shifts)]
+    """Candidate poses of the coarse search: angle°, one scale for both axes, shift x, y in ROI pixels."""
+    rows = list(itertools.product(COARSE_ANGLES, COARSE_SCALES, COARSE_SHIFTS, COARSE_SHIFTS))
     poses = torch.zeros(len(rows), POSE_SIZE, dtype=torch.float64)
-    poses[:, :5] = torch.tensor(rows, dtype=torch.float64)
+    poses[:, [0, 1, 3, 4]] = torch.tensor(rows, dtype=torch.float64)
+    poses[:, 2] = poses[:, 1]
     return poses.float()
+
+
+def _stretch_steps() -> torch.Tensor:
+    """Pose offsets that stretch the axes apart (a box error moves each edge on its own) and nudge the shift."""
+    rows = list(itertools.product(STRETCHES, STRETCHES, (-4.0, 0.0, 4.0), (-4.0, 0.0, 4.0)))
+    steps = torch.zeros(len(rows), POSE_SIZE, dtype=torch.float64)
+    steps[:, 1:5] = torch.tensor(rows, dtype=torch.float64)
+    return steps.float()
 
 
 def _affine_steps(step: tuple[float, float, float]) -> torch.Tensor:
@@ -64,6 +82,11 @@ def _corner_steps(step: float) -> torch.Tensor:
 
 
 POSE_SIZE = 13  # angle°, scale x, scale y, shift x, shift y, then (dx, dy) of the corners TL, TR, BR, BL
+COARSE_ANGLES = np.arange(-2.5, 2.51, 0.5)
+COARSE_SCALES = np.arange(0.86, 1.141, 0.02)
+COARSE_SHIFTS = np.arange(-40.0, 40.1, 8.0)  # a box edge off by 8 % of its side moves the label by 32 ROI pixels
+STRETCHES = (-0.06, -0.03, 0.0, 0.03, 0.06)  # per-axis scale offsets tried around the best coarse candidates
+COARSE_K = 8  # coarse candidates stretched
 AFFINE_STEPS = ((0.25, 0.01, 3.0), (0.125, 0.005, 1.5), (0.0625, 0.0025, 0.75))
 CORNER_STEPS = (3.0, 1.5, 0.75)  # ROI pixels; the corners absorb perspective that an affine map cannot
 TOP_K = 4  # coarse candidates refined
@@ -87,6 +110,7 @@ class ReferenceSDecoder(nn.Module):
         self.register_buffer("crop_cols", torch.stack([_crop_index(col) for _, col in bins]), persistent=False)
         self.register_buffer("coarse", _coarse_grid(), persistent=False)
         self.register_buffer("coarse_index", _nearest_index(_map_points(self.coarse, self.pilot_offsets)), persistent=False)
+        self.register_buffer("stretch_steps", _stretch_steps(), persistent=False)
         self.register_buffer("affine_steps", torch.stack([_affine_steps(s) for s in AFFINE_STEPS]), persistent=False)
         self.register_buffer("corner_steps", torch.stack([_corner_steps(s) for s in CORNER_STEPS]), persistent=False)
 
@@ -99,7 +123,7 @@ class ReferenceSDecoder(nn.Module):
         ratio = self.orientation_map(roi)  # 1×1×200×200
         pose = self.align(ratio.detach())  # a selection: the gradient flows through the read-out at this pose
         values = _sample(ratio, _map_points(pose[None], self.data_offsets.to(pose)))  # 1×100
-        return LOGIT_GAIN * values * self.data_sign.to(values)
+        return LOGIT_CAP * torch.tanh(values * self.data_sign * (LOGIT_GAIN / LOGIT_CAP))
 
     def orientation_map(self, roi: torch.Tensor) -> torch.Tensor:
         """r = log E_a − log E_b, B×1×100×100 (one sample per 4 ROI pixels)."""
@@ -120,7 +144,9 @@ class ReferenceSDecoder(nn.Module):
         """The pose (13 values) whose mapped pilot cells agree best with the known pilot codes."""
         agreement = torch.tanh(ratio / 2)  # bounded, so one strongly textured spot cannot dominate
         scores = agreement.reshape(-1)[self.coarse_index] @ self.pilot_sign  # nearest samples, precomputed places
-        best = self.coarse[scores.topk(TOP_K).indices]
+        best = self.coarse[scores.topk(COARSE_K).indices]
+        candidates = (best[:, None, :] + self.stretch_steps[None]).reshape(-1, POSE_SIZE)
+        best = candidates[self._scores(agreement, candidates).topk(TOP_K).indices]
         for stage, steps in enumerate(self.affine_steps):
             candidates = (best[:, None, :] + steps[None]).reshape(-1, POSE_SIZE)
             best = candidates[self._scores(agreement, candidates).topk(TOP_K if stage == 0 else 1).indices]
