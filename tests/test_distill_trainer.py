@@ -8,7 +8,7 @@ import torch
 
 from harness.distill.config import RecipeError, load_recipe, recipe_from_dict
 from harness.distill.data import StepBatchSampler, TrainSamples, make_loader
-from harness.distill.trainer import Trainer, lr_factor, train
+from harness.distill.trainer import lr_factor, train
 from tests.distill_world import BUILDERS, TinyNet, WIDTHS, save_teacher, tiny_recipe, tiny_scenes
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, Iterator, Protocol, Sequence
+from typing import Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -184,6 +184,3 @@ class FixedScenes:
 
     def __getitem__(self, index: int) -> Scene:
         return self.scenes[index]
-
-
-SceneFactory = Callable[[], SceneSource]
