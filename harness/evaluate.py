@@ -89,6 +89,9 @@ class EvalConfig:
     mode: str = "custom"  # run label written in every record ("quick" / "full" for the suites and the gate)
 
     def __post_init__(self) -> None:
+        for key in ("tilts", "angles"):  # 1 and 1.0 are the same condition: one spelling in run.json
+            object.__setattr__(self, key, tuple(float(v) + 0.0 for v in getattr(self, key)))
+        object.__setattr__(self, "localizers", tuple(self.localizers))
         if not self.localizers:
             raise EvalError("no localizer to evaluate")
         if self.bn_mode not in BN_MODES:
@@ -97,6 +100,8 @@ class EvalConfig:
             raise EvalError(f"fill {self.fill!r}: expected one of {geometry.FILLS}")
         if not self.tilts or not self.angles:
             raise EvalError("tilts and angles must not be empty")
+        if len(set(self.tilts)) != len(self.tilts) or len(set(self.angles)) != len(self.angles):
+            raise EvalError(f"a tilt or search angle appears twice: tilts {self.tilts}, angles {self.angles}")
         for key in ("batch_size", "photos_per_step", "chunk_size"):
             if getattr(self, key) < 1:
                 raise EvalError(f"{key} must be >= 1, got {getattr(self, key)}")
