@@ -1,13 +1,18 @@
-"""Embedding: one windowed diagonal grating per cell, added to the luminance at a fixed PSNR.
+"""Embedding: one Hann-windowed diagonal grating per cell, added to the luminance at a fixed PSNR.
 
-Informed embedding, three ways cheap to compute in closed form per cell:
+The change is the same on R, G and B (a luminance change survives JPEG's chroma subsampling). Informed embedding,
+in closed form per cell (the host's windowed projections on the two carriers):
 - the grating's phase follows the host's own component at the wanted orientation, so host and mark add up;
-- the host's component at the unwanted orientation is partly cancelled (projected out of the cell), so the
-  decoder's energy ratio is not spoiled by the host's texture;
-- the amplitude grows with the host's local energy in the grating's band (textured cells hide more and need more),
-  then the whole mark is scaled to the target PSNR.
+- the host's component at the unwanted orientation is mostly cancelled (projected out of the cell), so the
+  decoder's energy ratio is not spoiled by the host's texture at the grating's frequency;
+- the amplitude rises gently with the host's energy in the grating's band (a textured cell hides more and has
+  more to overcome); then mark and cancellation together are scaled to the target PSNR.
+Measured on natural labels and scenes: a 10 px period read at 45 % scale beat 12–14 px (more host energy at low
+frequencies) and 8–9 px (lost to blur and JPEG as soon as a photo is a little softer than the generator's).
 """
 from __future__ import annotations
+
+from functools import lru_cache
 
 import numpy as np
 
@@ -15,7 +20,7 @@ from harness.codec.layout import LABEL_SIZE, NUM_BITS, CodecConfig, cell_codes, 
 
 LUMA = np.array([0.299, 0.587, 0.114])
 CANCEL_GAIN = 0.7  # fraction of the host's unwanted-orientation component removed from each cell
-MIN_AMPLITUDE = 4.0  # relative amplitude of a cell on a flat host, against 1 for a host as textured as the mark
+MIN_AMPLITUDE = 4.0  # amplitude ∝ √(MIN² + (texture / median texture)²): flat cells get 4, a 3× textured one 5
 CANCEL_SHARE = 0.5  # at most this share of the MSE budget goes to cancellation
 
 
@@ -32,7 +37,7 @@ def watermark_delta(luma: np.ndarray, bits: np.ndarray, key: int, config: CodecC
     """The luminance change (float, 400×400) that carries `bits` on this host."""
     layout = make_layout(key, config)
     codes = cell_codes(bits, layout)
-    cells = _CellGeometry.build(config)
+    cells = _cell_geometry(config)
     host_a, host_b = (cells.project(luma, k) for k in wave_vectors(config))
     wanted = np.where(codes == 1, host_a, host_b)
     unwanted = np.where(codes == 1, host_b, host_a)
@@ -55,6 +60,11 @@ def _scale_to_psnr(mark: np.ndarray, cancel: np.ndarray, psnr_db: float) -> np.n
     a, b, c = np.mean(mark**2), 2 * np.mean(mark * cancel), np.mean(cancel**2) - budget
     scale = (-b + np.sqrt(b * b - 4 * a * c)) / (2 * a)
     return scale * mark + cancel
+
+
+@lru_cache(maxsize=4)
+def _cell_geometry(config: CodecConfig) -> "_CellGeometry":
+    return _CellGeometry.build(config)
 
 
 class _CellGeometry:
@@ -82,12 +92,12 @@ class _CellGeometry:
 
     def project(self, luma: np.ndarray, k: np.ndarray) -> np.ndarray:
         """Complex amplitude per cell of the host's windowed component at wave vector k."""
-        carrier = self._carrier(k)
-        inner = np.bincount(self.index.ravel(), (luma * self.window * carrier.conj()).ravel().real, self.n_cells)
-        inner = inner + 1j * np.bincount(
-            self.index.ravel(), (luma * self.window * carrier.conj()).ravel().imag, self.n_cells
-        )
-        norm = np.bincount(self.index.ravel(), (self.window**2).ravel(), self.n_cells) / 2
+        weighted = (luma * self.window * self._carrier(k).conj()).ravel()
+        index = self.index.ravel()
+        real, imag = (np.bincount(index, part, self.n_cells) for part in (weighted.real, weighted.imag))
+        inner = real + 1j * imag
+        # ‖window · cos‖² ≈ ‖window‖² / 2: the carrier averages cos² to one half over a cell
+        norm = np.bincount(index, (self.window**2).ravel(), self.n_cells) / 2
         return inner / norm
 
     def synthesise(self, amplitude: np.ndarray, k: np.ndarray) -> np.ndarray:

@@ -93,26 +93,31 @@ TOP_K = 4  # coarse candidates refined
 
 
 class ReferenceSDecoder(nn.Module):
-    """B×3×400×400 ROI in [0, 1] → B×100 logits (logit > 0 ⇔ bit 1). No trainable weights: buffers from the key."""
+    """B×3×400×400 ROI in [0, 1] → B×100 logits (logit > 0 ⇔ bit 1); its tables all derive from the key."""
 
     def __init__(self, key: int = 0, config: CodecConfig = CodecConfig()):
         super().__init__()
         self.key, self.config = int(key), config
         layout = make_layout(self.key, config)
         offsets = torch.tensor(layout.centres - LABEL_SIZE / 2, dtype=torch.float32)  # about the label centre
-        self.register_buffer("pilot_offsets", offsets[layout.pilot_index], persistent=False)
-        self.register_buffer("data_offsets", offsets[layout.data_index], persistent=False)
-        self.register_buffer("pilot_sign", torch.tensor(2.0 * layout.pilot_code - 1, dtype=torch.float32), persistent=False)
-        self.register_buffer("data_sign", torch.tensor(1.0 - 2.0 * layout.whitening, dtype=torch.float32), persistent=False)
         bins, band = _band_filters(config)
-        self.register_buffer("band", band, persistent=False)
-        self.register_buffer("crop_rows", torch.stack([_crop_index(row) for row, _ in bins]), persistent=False)
-        self.register_buffer("crop_cols", torch.stack([_crop_index(col) for _, col in bins]), persistent=False)
-        self.register_buffer("coarse", _coarse_grid(), persistent=False)
-        self.register_buffer("coarse_index", _nearest_index(_map_points(self.coarse, self.pilot_offsets)), persistent=False)
-        self.register_buffer("stretch_steps", _stretch_steps(), persistent=False)
-        self.register_buffer("affine_steps", torch.stack([_affine_steps(s) for s in AFFINE_STEPS]), persistent=False)
-        self.register_buffer("corner_steps", torch.stack([_corner_steps(s) for s in CORNER_STEPS]), persistent=False)
+        coarse = _coarse_grid()
+        tables = dict(
+            pilot_offsets=offsets[layout.pilot_index],
+            data_offsets=offsets[layout.data_index],
+            pilot_sign=torch.tensor(2.0 * layout.pilot_code - 1, dtype=torch.float32),
+            data_sign=torch.tensor(1.0 - 2.0 * layout.whitening, dtype=torch.float32),
+            band=band,
+            crop_rows=torch.stack([_crop_index(row) for row, _ in bins]),
+            crop_cols=torch.stack([_crop_index(col) for _, col in bins]),
+            coarse=coarse,
+            coarse_index=_nearest_index(_map_points(coarse, offsets[layout.pilot_index])),
+            stretch_steps=_stretch_steps(),
+            affine_steps=torch.stack([_affine_steps(step) for step in AFFINE_STEPS]),
+            corner_steps=torch.stack([_corner_steps(step) for step in CORNER_STEPS]),
+        )
+        for name, table in tables.items():
+            self.register_buffer(name, table, persistent=False)  # rebuilt from the key: nothing to save or load
 
     def forward(self, roi: torch.Tensor) -> torch.Tensor:
         _check_roi(roi)
@@ -159,7 +164,7 @@ class ReferenceSDecoder(nn.Module):
     def _move_corners(self, agreement: torch.Tensor, pose: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
         """Every corner takes its own best move among 9 (the others held), then all moves are applied together."""
         scores = self._scores(agreement, (pose + steps.reshape(-1, POSE_SIZE))).reshape(4, 9)
-        return pose + steps[torch.arange(4), scores.argmax(dim=1)].sum(dim=0, keepdim=True)
+        return pose + steps[torch.arange(4, device=pose.device), scores.argmax(dim=1)].sum(dim=0, keepdim=True)
 
     def _scores(self, agreement: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         points = _map_points(candidates, self.pilot_offsets)  # K×P×2
