@@ -1,6 +1,7 @@
 """Benchmark of the reference codec: `python -m harness.codec.bench [--n 200] [--seed 0]`.
 
-Every target is printed with its measured value and PASS/FAIL. Label-alone conditions take a natural label
+Every target is printed with its measured value and PASS/FAIL; `--sweeps N` adds the chain per camera tilt and the
+scene ROI per box error (N scenes per row). Label-alone conditions take a natural label
 (`label_content`), watermark it and hand the decoder a distorted copy of the label as the ROI. Scene conditions use
 the scene generator (`make_scene`, label at 45–80 % of the frame, perspective jitter, blur, noise, JPEG 75–95):
 
@@ -85,10 +86,16 @@ def rotated_in_place(canvas: np.ndarray, angle: float) -> np.ndarray:
 def box_error_roi(rng: np.random.Generator, canvas: np.ndarray, error: float) -> torch.Tensor:
     """The label's box with every edge moved by a uniform error in ±error of the side, resized to 400×400."""
     side = canvas.shape[0] - 2 * MARGIN
-    x0, y0, x1, y1 = np.array([MARGIN, MARGIN, MARGIN + side, MARGIN + side]) + np.rint(
-        rng.uniform(-error, error, 4) * side
-    ).astype(int)
-    return crop_box(to_roi(canvas)[0], (int(x0), int(y0), int(x1), int(y1)))[None]
+    box = perturbed_box(rng, (MARGIN, MARGIN, MARGIN + side, MARGIN + side), error, canvas.shape[0])
+    return crop_box(to_roi(canvas)[0], box)[None]
+
+
+def perturbed_box(rng: np.random.Generator, box: tuple[int, int, int, int], error: float, size: int = 400) -> tuple:
+    """Every edge of the box moved by a uniform error in ±error of the box's side, kept inside the size×size image."""
+    x0, y0, x1, y1 = box
+    width, height = x1 - x0, y1 - y0
+    moved = np.array(box) + rng.uniform(-error, error, 4) * [width, height, width, height]
+    return tuple(int(v) for v in np.clip(np.rint(moved), 0, size))
 
 
 def label_conditions(rng: np.random.Generator, canvas: np.ndarray, marked: np.ndarray) -> dict[str, list]:
@@ -178,6 +185,26 @@ def run(n: int, seed: int, key: int) -> dict[str, float]:
     return summary
 
 
+def sweeps(n: int, seed: int, key: int) -> str:
+    """Chain accuracy per camera tilt and scene-ROI accuracy per box error (n scenes per row)."""
+    torch.set_num_threads(1)
+    decode = torch.no_grad()(ReferenceSDecoder(key).eval())
+    rng = np.random.default_rng([seed, 0x5EE9])
+    lines = ["decoder2 chain with the ground-truth mask, per camera tilt:"]
+    for tilt in range(-5, 6):
+        accs = [chain_acc(decode, *tilted_scene(i, seed + 1, float(tilt))) for i in range(n)]
+        lines.append(f"  tilt {tilt:+d}°  bit acc {np.mean(accs):.4f}  (min {np.min(accs):.2f})")
+    lines.append("scene ROI (residual ±2°) with every box edge off by a uniform error:")
+    scenes = [tilted_scene(i, seed + 2, float(rng.uniform(-2, 2))) for i in range(n)]
+    for error in (0.0, 0.03, 0.05, 0.08):
+        accs = []
+        for photo, mask, secret in scenes:
+            box = perturbed_box(rng, box_from_mask(mask), error)
+            accs.append(bit_acc(decode(crop_box(to_roi(np.asarray(photo))[0], box)[None]), secret))
+        lines.append(f"  ±{100 * error:.0f} %  bit acc {np.mean(accs):.4f}  (min {np.min(accs):.2f})")
+    return "\n".join(lines)
+
+
 def report(summary: dict[str, float], n: int) -> str:
     lines = [f"reference codec benchmark, {n} labels/scenes", f"{'target':<34} {'value':>9}  {'bound':<14} result"]
     for target in TARGETS:
@@ -194,8 +221,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=200, help="labels (and scenes) to measure")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--key", type=int, default=0)
+    parser.add_argument("--sweeps", type=int, default=0, metavar="N",
+                        help="also print the chain per tilt and the scene ROI per box error, N scenes per row")
     args = parser.parse_args(argv)
     print(report(run(args.n, args.seed, args.key), args.n))
+    if args.sweeps:
+        print(sweeps(args.sweeps, args.seed, args.key))
     return 0
 
 
