@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from harness.codec import ReferenceSDecoder, embed
-from harness.codec.bench import box_error_roi, jpeg, on_background, psnr, rotated_in_place, to_roi
+from harness.codec.bench import (
+    box_error_roi, chain_acc, jpeg, on_background, psnr, rotated_in_place, scene_roi, tilted_scene, to_roi,
+)
 from harness.data.content import label_content
 from harness.registry import create_model, list_models
 
@@ -52,6 +54,15 @@ def test_reads_clean_rotated_compressed_and_misboxed_labels(world, decode):
     assert np.mean(rotated) >= 0.95
     assert np.mean(compressed) >= 0.93
     assert np.mean(misboxed) >= 0.93
+
+
+def test_reads_scene_rois_and_the_decoder2_chain(decode):
+    """Labels at 45–80 % of a photo, blurred, noisy, JPEG'd; ROI = box of the tilted true mask (corners included)."""
+    scenes = [tilted_scene(i, 7, tilt) for i, tilt in enumerate((-2.0, 1.5, 2.0))]
+    residual = [_acc(decode, scene_roi(photo, mask, 0.0), bits) for photo, mask, bits in scenes]
+    chain = [chain_acc(decode, *tilted_scene(i, 8, tilt)) for i, tilt in enumerate((-4.5, 4.5))]
+    assert np.mean(residual) >= 0.95
+    assert np.mean(chain) >= 0.95
 
 
 def test_unmarked_label_and_wrong_key_read_chance(world, decode):
