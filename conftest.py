@@ -15,6 +15,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="suites: secret decoder to use (default: the reference SDecoder)")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # One intra-op thread: on a small shared CPU, OpenMP threads that wait on each other make many-small-op networks
+    # (Lite-HRNet) tens of times slower; one thread is also the easiest setting to reproduce. Latencies say so.
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic_torch():
     torch.manual_seed(0)

@@ -52,7 +52,9 @@ def read_results(results: Path) -> tuple[str, dict[str, ModelScore]]:
     modes = sorted(records["mode"].unique())
     if len(modes) != 1:
         raise GateInputError(f"results mix run modes {modes}; gate one mode at a time")
-    return modes[0], _scores(records[records["roi_source"] == "predicted"])
+    # Clean photos have no secret of their own (they feed the false-positive rate), so they carry no bit accuracy.
+    marked = records["watermarked"] == 1 if "watermarked" in records.columns else True
+    return modes[0], _scores(records[(records["roi_source"] == "predicted") & marked])
 
 
 def _scores(records: pd.DataFrame) -> dict[str, ModelScore]:
