@@ -125,7 +125,7 @@ class ReferenceSDecoder(nn.Module):
         return torch.cat([self._decode(one[None]) for one in roi])
 
     def _decode(self, roi: torch.Tensor) -> torch.Tensor:
-        ratio = self.orientation_map(roi)  # 1×1×200×200
+        ratio = self.orientation_map(roi.float())  # 1×1×100×100; the tables are float32, so is the map
         pose = self.align(ratio.detach())  # a selection: the gradient flows through the read-out at this pose
         values = _sample(ratio, _map_points(pose[None], self.data_offsets.to(pose)))  # 1×100
         return LOGIT_CAP * torch.tanh(values * self.data_sign * (LOGIT_GAIN / LOGIT_CAP))
