@@ -20,11 +20,22 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from OUT/last.pt (a new run if absent)")
     train.add_argument("--until-step", type=int, default=None, help="stop at this step (resume later)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    export = commands.add_parser("export", help="ship a run as fp16 weights + model card under students/")
+    export.add_argument("run", type=Path, help="run directory (config.json, log.jsonl, student.pt)")
+    export.add_argument("--name", required=True, help="zoo name (folder under --root)")
+    export.add_argument("--role", choices=("teacher", "student"), required=True)
+    export.add_argument("--recipe", type=Path, required=True, help="the recipe file the run was trained from")
+    export.add_argument("--root", type=Path, default=Path("students"))
     return root
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command == "export":
+        from harness.distill.export import export_run
+
+        print(export_run(args.run, args.name, args.role, args.recipe, args.root))
+        return 0
     from harness.distill.config import RecipeError, load_recipe
     from harness.distill.trainer import train
 

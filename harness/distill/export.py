@@ -1,0 +1,82 @@
+"""Ship a trained run into the zoo: `students/<name>/weights.pt` (fp16 state_dict) and `card.toml`.
+
+    python -m harness.distill export runs/teacher --name teacher_hrnet_w18 --role teacher \\
+        --recipe students/recipes/teacher_hrnet_w18.toml
+
+The card names the architecture, input size, checkpoint and its sha256, the recipe, and what the run's log says:
+steps, wall time, data seed and source, the best validation metrics. Weights are stored in fp16 (the zoo's size
+budget); the loader casts them back to the model's dtype.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from harness.zoo import build_localizer, load_checkpoint, sha256_file
+
+WEIGHTS_NAME = "weights.pt"
+
+
+def export_run(run_dir: Path, name: str, role: str, recipe: Path, root: Path = Path("students")) -> Path:
+    config = json.loads((run_dir / "config.json").read_text())
+    arch, input_size = config["model"]["name"], config["model"]["input_size"]
+    state = torch.load(run_dir / "student.pt", map_location="cpu", weights_only=True)
+    half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    out = root / name
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(half, out / WEIGHTS_NAME)
+    load_checkpoint(build_localizer(arch, input_size).backbone, out / WEIGHTS_NAME)  # strict: it must load back
+    card = _card(name, arch, role, input_size, recipe, sha256_file(out / WEIGHTS_NAME), config, _log(run_dir))
+    (out / "card.toml").write_text(card)
+    return out
+
+
+def _log(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
+
+
+def _training(config: dict, log: list[dict]) -> dict:
+    trains = [e for e in log if e["event"] == "train"]
+    vals = [e for e in log if e["event"] == "val"]
+    best = max(vals, key=lambda e: e.get("student_bit_acc", -1.0), default={})
+    starts = [e for e in log if e["event"] == "start"]
+    return {
+        "steps": max((e["step"] for e in trains), default=0),
+        "batch_size": config["data"]["batch_size"],
+        "train_time_min": round(sum(e["sec_per_step"] for e in trains) * _log_every(trains) / 60, 1),  # steps only
+        "data": f"{config['data']['source']}:{config['data']['root'] or 'synth'} (generator seed "
+                f"{config['data']['synth_seed']}, tilt augmentation ±{config['data']['tilt_deg']}°)",
+        "seed": config["run"]["seed"],
+        "teacher": (config.get("teacher") or {}).get("name", ""),
+        "restarts": max(0, len(starts) - 1),
+        "best_step": best.get("step", -1),
+        "validation": {k: v for k, v in best.items() if isinstance(v, (int, float)) and k not in ("time", "step")},
+    }
+
+
+def _log_every(trains: list[dict]) -> int:
+    steps = [e["step"] for e in trains]
+    return steps[1] - steps[0] if len(steps) > 1 else 1
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))
+
+
+def _card(name: str, arch: str, role: str, input_size: int, recipe: Path, sha: str, config: dict,
+          log: list[dict]) -> str:
+    training = _training(config, log)
+    lines = [f"name = {_toml_value(name)}", f"arch = {_toml_value(arch)}", f"role = {_toml_value(role)}",
+             f"input_size = {input_size}", f"checkpoint = {_toml_value(WEIGHTS_NAME)}", f"sha256 = {_toml_value(sha)}",
+             f"recipe = {_toml_value(recipe.as_posix())}", "", "[training]"]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in training.items() if k != "validation"]
+    lines += ["", "[training.validation]"]
+    lines += [f"{k} = {_toml_value(round(v, 6) if isinstance(v, float) else v)}"
+              for k, v in sorted(training["validation"].items())]
+    return "\n".join(lines) + "\n"

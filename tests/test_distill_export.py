@@ -1,0 +1,43 @@
+"""Shipping a run into the zoo: fp16 weights that load back strictly, and a card that describes the run."""
+from __future__ import annotations
+
+import json
+
+import torch
+
+from harness.distill.export import export_run
+from harness.registry import create_model
+from harness.zoo import load_card
+
+
+def _fake_run(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    config = {"model": {"name": "hrnet_w18_small_v1", "input_size": 64},
+              "data": {"batch_size": 8, "source": "folder", "root": "data/train", "synth_seed": 0, "tilt_deg": 5.0},
+              "run": {"seed": 3}, "teacher": None}
+    (run / "config.json").write_text(json.dumps(config))
+    log = [{"event": "start", "step": 0, "time": 0.0},
+           {"event": "train", "step": 10, "sec_per_step": 1.5, "time": 15.0},
+           {"event": "train", "step": 20, "sec_per_step": 1.5, "time": 30.0},
+           {"event": "val", "step": 20, "student_bit_acc": 0.93, "val_iou": 0.81, "time": 31.0}]
+    (run / "log.jsonl").write_text("\n".join(json.dumps(e) for e in log) + "\n")
+    torch.manual_seed(0)
+    net = create_model("hrnet_w18_small_v1")
+    torch.save(net.state_dict(), run / "student.pt")
+    return run, net
+
+
+def test_export_writes_fp16_weights_and_a_card_that_builds(tmp_path):
+    run, net = _fake_run(tmp_path)
+    out = export_run(run, "w18s", "student", tmp_path / "recipe.toml", root=tmp_path / "students")
+    weights = torch.load(out / "weights.pt", weights_only=True)
+    assert all(v.dtype == torch.float16 for v in weights.values() if v.is_floating_point())
+    card = load_card(out / "card.toml")
+    assert (card.arch, card.role, card.input_size, card.checkpoint) == ("hrnet_w18_small_v1", "student", 64,
+                                                                        "weights.pt")
+    assert card.training["steps"] == 20 and card.training["seed"] == 3
+    assert card.training["validation"]["student_bit_acc"] == 0.93
+    built = card.build()  # checks the sha256 and loads strictly
+    expected = net.state_dict()["last_layer.3.weight"].half().float()
+    torch.testing.assert_close(built.backbone.state_dict()["last_layer.3.weight"], expected)
