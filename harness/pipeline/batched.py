@@ -129,7 +129,7 @@ class BatchedEvaluator:
     def names(self) -> list[str]:
         return [m.name for m in self.localizers] + ([ORACLE] if self.oracle else [])
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def decode(self, photos: list[PhotoViews], secrets: list[np.ndarray]) -> dict[str, list[list[Decode]]]:
         """Per model name (and "oracle"): per photo, per tilt, the Decode. A photo that failed fails all its rows.
 

@@ -41,7 +41,7 @@ STUDENTS = (("lite_hrnet_18", 192), ("pidnet_s", 192), ("hrnet_w18_small_v1", 19
 class BenchConfig:
     n: int = 32  # photos through the batched evaluator and the floor
     tilts: tuple[float, ...] = tuple(float(t) for t in range(-5, 6))
-    reference_n: int = 2  # photos through the reference (compared per view)
+    reference_n: int = 4  # photos through the reference (compared per view)
     batch_size: int = 8
     photos_per_step: int = 2
     workers: int = 1
@@ -105,7 +105,7 @@ def time_batched(cfg: BenchConfig, dataset: Dataset, localizers: list[NamedLocal
     return Timing("batched", time.perf_counter() - t0, views), evaluator
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def time_floor(cfg: BenchConfig, localizers: list[NamedLocalizer], sdecoder: nn.Module,
                rois: dict[str, int]) -> Timing:
     """Forward passes alone: each localizer over every view, the SDecoder over the ROIs the batched run had."""
