@@ -200,7 +200,7 @@ def _rgb(photo: Image.Image) -> Image.Image:
 
 
 def _secret_tensor(secret) -> torch.Tensor:
-    bits = torch.as_tensor(np.asarray(secret))
+    bits = torch.tensor(np.asarray(secret))  # a copy: secrets may be read-only views of the manifest
     if bits.ndim != 1 or not bool(((bits == 0) | (bits == 1)).all()):
         raise ValueError(f"secret must be a 1-D sequence of 0/1 bits, got shape {tuple(bits.shape)} "
                          f"with values {sorted(set(bits.flatten().tolist()))[:5]}")
