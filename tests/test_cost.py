@@ -12,12 +12,6 @@ from harness.cost import Cost, Latency, count_conv_macs, main, measure_latency, 
 from harness.registry import create_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_hrnet_w18_cost_at_400_matches_the_official_counts(caplog):

@@ -58,12 +58,6 @@ CITYSCAPES_HRNET = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _on_meta(name: str, **kwargs) -> torch.nn.Module:

@@ -24,15 +24,6 @@ HRNETS = ["hrnet_w18_small_v1", "hrnet_w18_small_v2", "hrnet_w18", "hrnet_w32", 
 FIXTURE = Path(__file__).parent / "fixtures" / "hrnet_w18_official_keys.json.gz"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small convolutions run faster on one thread than on a shared, busy pair of cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("name", HRNETS)
 def test_registered_as_localizer(name):
     assert get_entry(name).kind == "localizer"

@@ -5,7 +5,6 @@ import gzip
 import json
 from pathlib import Path
 
-import pytest
 import torch
 import torch.nn.functional as F
 
@@ -15,13 +14,6 @@ from harness.registry import get_entry
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # Small CPU models run far faster on one thread than on a busy shared machine's oversubscribed pool.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def test_output_at_one_quarter_and_finite():

@@ -16,13 +16,6 @@ from harness.registry import create_model, get_entry
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # Small CPU models run far faster on one thread than on a busy shared machine's oversubscribed pool.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 # num_classes=1, augment=False, 400×400: params, state_dict tensors, fvcore conv GMACs of the official code.
 TARGETS = {

@@ -8,13 +8,6 @@ from harness.nets.stegastamp import StegaStampDecoder, stegastamp_decoder
 from harness.registry import create_model, get_entry
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # Small CPU models run far faster on one thread than on a busy shared machine's oversubscribed pool.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _small(secret_len: int = 16) -> StegaStampDecoder:

@@ -15,12 +15,6 @@ from harness.zoo import (IMAGENET_MEAN, IMAGENET_STD, CheckpointError, Localizer
 SMALL = "hrnet_w18_small_v1"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class Spy(nn.Module):
