@@ -52,8 +52,13 @@ def _training(config: dict, log: list[dict]) -> dict:
         "teacher": (config.get("teacher") or {}).get("name", ""),
         "restarts": max(0, len(starts) - 1),
         "best_step": best.get("step", -1),
-        "validation": {k: v for k, v in best.items() if isinstance(v, (int, float)) and k not in ("time", "step")},
+        "validation": {k: v for k, v in best.items() if _is_metric(k, v)},
     }
+
+
+def _is_metric(key: str, value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("time", "step") \
+        and not key.startswith("best")
 
 
 def _log_every(trains: list[dict]) -> int:
@@ -66,7 +71,7 @@ def _toml_value(value) -> str:
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
-    return json.dumps(str(value))
+    return json.dumps(str(value), ensure_ascii=False)
 
 
 def _card(name: str, arch: str, role: str, input_size: int, recipe: Path, sha: str, config: dict,
