@@ -26,11 +26,22 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--role", choices=("teacher", "student"), required=True)
     export.add_argument("--recipe", type=Path, required=True, help="the recipe file the run was trained from")
     export.add_argument("--root", type=Path, default=Path("students"))
+    comp = commands.add_parser("compare", help="distilled students against no-KD baselines over seeds")
+    comp.add_argument("runs", type=Path, nargs="+", help="run directories (config.json, student.pt)")
+    comp.add_argument("--data", required=True, help="held-out dataset folder")
+    comp.add_argument("--tilts", default="0", help="tilt sweep: start:stop:step or a comma list (default 0)")
+    comp.add_argument("--out", type=Path, required=True, help="evaluation folder (records.csv, summary.json)")
     return root
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command == "compare":
+        from harness.distill.compare import compare
+        from harness.eval import parse_tilts
+
+        print(compare(args.runs, args.data, parse_tilts(args.tilts), args.out))
+        return 0
     if args.command == "export":
         from harness.distill.export import export_run
 
