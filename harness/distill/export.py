@@ -50,6 +50,7 @@ def _training(config: dict, log: list[dict]) -> dict:
                 f"{config['data']['synth_seed']}, tilt augmentation ±{config['data']['tilt_deg']}°)",
         "seed": config["run"]["seed"],
         "teacher": (config.get("teacher") or {}).get("name", ""),
+        "teacher_sha256": next((e.get("teacher_sha256") or "" for e in starts), ""),
         "restarts": max(0, len(starts) - 1),
         "best_step": best.get("step", -1),
         "validation": {k: v for k, v in best.items() if _is_metric(k, v)},
