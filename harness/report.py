@@ -33,7 +33,9 @@ class Results:
     latency: dict
 
     def entries(self, roi_source: str) -> list[dict]:
-        return [e for e in self.summary["results"] if e["roi_source"] == roi_source and e["model"] != "oracle"]
+        """Models in table order: the teacher first, then the students by name."""
+        rows = [e for e in self.summary["results"] if e["roi_source"] == roi_source and e["model"] != "oracle"]
+        return sorted(rows, key=lambda e: (e["role"] != "teacher", e["model"]))
 
     def oracle(self) -> dict | None:
         return next((e for e in self.summary["results"] if e["model"] == "oracle"), None)
