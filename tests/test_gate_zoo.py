@@ -33,8 +33,8 @@ def test_gate_fails_on_a_degraded_student_and_passes_on_the_shipped_one(tmp_path
 
     state = torch.load(card.checkpoint_path, weights_only=True)
     generator = torch.Generator().manual_seed(0)
-    # Noise on every conv kernel at 1.5 times its own spread: the network still runs, its masks are wrong.
-    degraded = {k: v.float() + 1.5 * v.float().std() * torch.randn(v.shape, generator=generator)
+    # Noise on every conv kernel at three times its own spread: the network still runs, its masks are wrong.
+    degraded = {k: v.float() + 3.0 * v.float().std() * torch.randn(v.shape, generator=generator)
                 if v.ndim == 4 else v for k, v in state.items()}
     torch.save(degraded, tmp_path / "degraded.pt")
     _evaluate(card, tmp_path / "degraded.pt", data, tmp_path / "degraded" / "robustness")
