@@ -56,7 +56,7 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def settings(pytestconfig: pytest.Config) -> SuiteSettings:
     if pytestconfig.getoption("benchmark"):
-        return SuiteSettings("full", Path("data/eval"), ReferenceSetConfig(n_marked=100, n_clean=20), FULL_TILTS, 20)
+        return SuiteSettings("full", Path("data/eval"), ReferenceSetConfig(n_marked=80, n_clean=20), FULL_TILTS, 20)
     return SuiteSettings("quick", Path("data/quick"), ReferenceSetConfig(n_marked=4, n_clean=2), QUICK_TILTS, 3)
 
 
