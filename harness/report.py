@@ -163,14 +163,14 @@ def provenance_block(results: Results) -> str:
 
 
 def plot_tilts(results: Results, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+    fig, ax = plt.subplots(figsize=(8.4, 4.0), dpi=100)
     for e in results.entries("predicted") + ([results.oracle()] if results.oracle() else []):
         tilts = sorted(e["per_tilt"], key=float)
         ax.plot([float(t) for t in tilts], [100 * e["per_tilt"][t] for t in tilts], marker="o",
                 linestyle="--" if e["model"] == "oracle" else "-", label=e["model"])
     ax.set(xlabel="camera tilt (°)", ylabel="bit accuracy (%)", title="decoder2 bit accuracy against tilt")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never over a curve
     _save(fig, path)
 
 
