@@ -3,8 +3,8 @@ byte-identical markdown.
 
 Reads, from one results folder (`reports/results/full` when the full sweep has run, else `reports/results/quick`):
     robustness/summary.json   figures per (model, ROI source) and the provenance of the evaluation
-    cost.json                 params, tensors, GMACs, GFLOPs, fp32 MiB at 400×400 (suites/test_cost.py)
-    latency.json              batch-1 latency p50/p95 per model (suites/test_latency.py)
+    cost.json                 params, tensors, GMACs, GFLOPs, fp32 MiB at 400×400 (suites/test_suite_cost.py)
+    latency.json              batch-1 latency p50/p95 per model (suites/test_suite_latency.py)
 """
 from __future__ import annotations
 

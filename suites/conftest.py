@@ -9,7 +9,6 @@ teacher; `--input-size NAME=SIZE` sets a network's input side) and `--sdecoder N
 """
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,10 +108,3 @@ def robustness(settings: SuiteSettings, eval_data: Path, localizer_specs, sdecod
         shutil.rmtree(out)  # records of another configuration (other models or data): not this report's
         summary = evaluate(cfg, out, progress=settings.mode == "full")
     return cfg, summary
-
-
-def write_result(settings: SuiteSettings, name: str, doc: dict) -> Path:
-    path = settings.out / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    return path

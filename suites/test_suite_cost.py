@@ -10,7 +10,7 @@ from harness.cost import model_cost
 from harness.registry import create_model
 from harness.zoo import build_localizer
 
-from conftest import write_result
+from suite_results import write_result
 
 FIELD_MODELS = ("hrnet_w48", "hrnet_w18", "pidnet_m", "lite_hrnet_18")
 HW = (400, 400)

@@ -8,7 +8,7 @@ import torch
 from harness.summary import device_description
 from harness.zoo import build_localizer
 
-from conftest import write_result
+from suite_results import write_result
 
 _latency: dict[str, dict] = {}
 
