@@ -74,14 +74,20 @@ CONNECTORS: dict[str, type[nn.Module]] = {
 }
 
 
+def resolve_type(cfg: Any, table: dict[str, type], where: str, what: str, error: type[Exception],
+                 shape: str = "dict(type=..., ...)") -> tuple[str, dict[str, Any]]:
+    """MMRazor's `dict(type=NAME, **options)` → (NAME, options), NAME checked against `table`; faults name `where`."""
+    if not isinstance(cfg, dict) or "type" not in cfg:
+        raise error(f"{where}: expected {shape}, got {cfg!r}")
+    kind = cfg["type"]
+    if kind not in table:
+        raise error(f"{where}.type: unknown {what} {kind!r}; known: {', '.join(sorted(table))}")
+    return kind, {k: v for k, v in cfg.items() if k != "type"}
+
+
 def build_connector(name: str, cfg: dict[str, Any], where: str = "") -> nn.Module:
     where = where or f"connectors.{name}"
-    if not isinstance(cfg, dict) or "type" not in cfg:
-        raise ConnectorError(f"{where}: expected dict(type=..., ...), got {cfg!r}")
-    kind = cfg["type"]
-    if kind not in CONNECTORS:
-        raise ConnectorError(f"{where}.type: unknown connector {kind!r}; known: {', '.join(sorted(CONNECTORS))}")
-    options = {k: v for k, v in cfg.items() if k != "type"}
+    kind, options = resolve_type(cfg, CONNECTORS, where, "connector", ConnectorError)
     try:
         return CONNECTORS[kind](**options)
     except TypeError as err:

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from harness.distill.connectors import build_connector
+from harness.distill.connectors import build_connector, resolve_type
 from harness.distill.losses import LOSSES
 from harness.distill.recorders import RecorderManager
 
@@ -43,12 +43,8 @@ MAPPING_KEYS = {"from_student", "recorder", "from_recorder", "connector", "data_
 
 def build_loss(name: str, cfg: dict[str, Any]) -> nn.Module:
     where = f"distill_losses.{name}"
-    if not isinstance(cfg, dict) or "type" not in cfg:
-        raise DistillerConfigError(f"{where}: expected dict(type=..., loss_weight=..., ...), got {cfg!r}")
-    kind = cfg["type"]
-    if kind not in LOSSES:
-        raise DistillerConfigError(f"{where}.type: unknown loss {kind!r}; known: {', '.join(sorted(LOSSES))}")
-    options = {k: v for k, v in cfg.items() if k != "type"}
+    kind, options = resolve_type(cfg, LOSSES, where, "loss", DistillerConfigError,
+                                 shape="dict(type=..., loss_weight=..., ...)")
     accepted = set(inspect.signature(LOSSES[kind].__init__).parameters) - {"self"}
     unknown = sorted(set(options) - accepted)
     if unknown:
