@@ -3,7 +3,8 @@
     python -m harness.eval --localizer hrnet_w48=teacher.pt --localizer hrnet_w18=student.pt \\
         --sdecoder reference_sdecoder --data data/eval --tilts -5:5:1 --out runs/w18
 
-The first --localizer is the teacher, the others are students. Writes records.csv, summary.json and timings.csv
+The first --localizer is the teacher, the others are students; `--zoo students` takes the localizers of the model
+cards under a folder instead (teachers first). Writes records.csv, summary.json and timings.csv
 under --out; an interrupted run resumes when started again with the same arguments. Under
 `torchrun --nproc_per_node N -m harness.eval ...` every rank decodes its share of the photos (gloo on CPU, nccl on
 CUDA) and rank 0 merges the parts into the same records a single process writes.
@@ -23,7 +24,7 @@ import torch.distributed as dist
 from tabulate import tabulate
 
 from harness.data import DatasetError
-from harness.evaluate import DEFAULT_TILTS, EvalConfig, EvalError, ModelSpec, Summary, evaluate
+from harness.evaluate import DEFAULT_TILTS, EvalConfig, EvalError, ModelSpec, Summary, evaluate, zoo_specs
 from harness.zoo import CheckpointError
 
 _VALUE_OPTIONS = ("--tilts", "--angles", "--fpr-secret")  # values that may start with "-"
@@ -78,8 +79,10 @@ def _sizes(items: list[str]) -> dict[str, int]:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m harness.eval", description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--localizer", action="append", required=True, metavar="NAME[=CKPT]",
-                    help="a registered localizer and its checkpoint; repeat; the first is the teacher")
+    models = ap.add_mutually_exclusive_group(required=True)
+    models.add_argument("--localizer", action="append", metavar="NAME[=CKPT]",
+                        help="a registered localizer and its checkpoint; repeat; the first is the teacher")
+    models.add_argument("--zoo", metavar="DIR", help="the localizers of the model cards under DIR (e.g. students)")
     ap.add_argument("--sdecoder", required=True, metavar="NAME[=CKPT]", help="a registered secret decoder")
     ap.add_argument("--data", required=True, help="dataset folder holding manifest.csv")
     ap.add_argument("--out", required=True, type=Path, help="run folder (records.csv, summary.json)")
@@ -109,8 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> EvalConfig:
     sizes = _sizes(args.input_size)
-    localizers = [_model(t, "teacher" if i == 0 else "student", sizes, "--localizer")
-                  for i, t in enumerate(args.localizer)]
+    if args.zoo:
+        localizers = list(zoo_specs(args.zoo))
+        if not localizers:
+            raise ValueError(f"--zoo {args.zoo}: no model cards (card.toml) under that folder")
+    else:
+        localizers = [_model(t, "teacher" if i == 0 else "student", sizes, "--localizer")
+                      for i, t in enumerate(args.localizer)]
     if args.student_use_teacher_mask:
         teacher = localizers[0].label
         localizers = [localizers[0]] + [ModelSpec(m.arch, m.ckpt, m.input_size, m.role, m.name, mask_from=teacher)

@@ -45,7 +45,7 @@ from harness.pipeline.batched import ORACLE, BatchedEvaluator, Decode, NamedLoca
 from harness.pipeline.views import DECODER2_ANGLES, PhotoViews, ViewSpec, view_loader
 from harness.records import Record, finished_chunks, merge_parts, part_path, to_csv, write_atomic
 from harness.roi import resolve_roi_fn
-from harness.zoo import build_localizer, build_sdecoder, sha256_file
+from harness.zoo import build_localizer, build_sdecoder, list_cards, sha256_file
 
 DEFAULT_TILTS = tuple(float(t) for t in range(-5, 6))
 ROLES = ("teacher", "student")
@@ -67,6 +67,13 @@ class ModelSpec:
     @property
     def label(self) -> str:
         return self.name or self.arch
+
+
+def zoo_specs(root: str | Path = "students") -> tuple[ModelSpec, ...]:
+    """The localizers of the model cards under `root`, teachers first (then by card name)."""
+    cards = sorted(list_cards(root), key=lambda c: (c.role != "teacher", c.name))
+    return tuple(ModelSpec(arch=c.arch, ckpt=str(c.checkpoint_path) if c.checkpoint else None,
+                           input_size=c.input_size, role=c.role, name=c.name) for c in cards)
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,7 @@ import pytest
 
 from harness.data.reference import ReferenceSetConfig, reference_set
 from harness.eval import _model, _sizes
-from harness.evaluate import EvalConfig, ModelSpec, Summary, evaluate
-from harness.zoo import list_cards
+from harness.evaluate import EvalConfig, ModelSpec, Summary, evaluate, zoo_specs
 
 RESULTS = Path("reports/results")
 FULL_TILTS = tuple(float(t) for t in range(-5, 6))
@@ -70,9 +69,7 @@ def specs_from(config: pytest.Config) -> tuple[ModelSpec, ...]:
     if given:
         sizes = _sizes(config.getoption("input_size"))
         return tuple(_model(t, "teacher" if i == 0 else "student", sizes, "--localizer") for i, t in enumerate(given))
-    cards = sorted(list_cards("students"), key=lambda c: (c.role != "teacher", c.name))
-    return tuple(ModelSpec(arch=c.arch, ckpt=str(c.checkpoint_path) if c.checkpoint else None,
-                           input_size=c.input_size, role=c.role, name=c.name) for c in cards)
+    return zoo_specs("students")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

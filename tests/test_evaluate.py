@@ -193,3 +193,9 @@ def test_cli_reports_a_bad_dataset_by_row_and_exits_2(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "line 2" in err and "missing.png" in err
+
+
+def test_cli_zoo_without_cards_exits_2(tmp_path, capsys):
+    code = eval_main(["--zoo", str(tmp_path), "--sdecoder", "reference_sdecoder", "--data", str(tmp_path),
+                      "--out", str(tmp_path / "out"), "--quiet"])
+    assert code == 2 and "no model cards" in capsys.readouterr().err

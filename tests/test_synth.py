@@ -138,6 +138,17 @@ def test_synth_cli_generates_then_reuses(tmp_path: Path, capsys):
     assert _file_hashes(out) != before and data_main(["check", str(out)]) == 0
 
 
+def test_reference_cli_combines_watermarked_and_clean_halves(tmp_path: Path, capsys):
+    out = tmp_path / "heldout"
+    assert data_main(["reference", "--n-marked", "2", "--n-clean", "1", "--out", str(out)]) == 0
+    assert "2 watermarked + 1 clean" in capsys.readouterr().out
+    dataset = load_dataset(out)
+    assert [s.id for s in dataset] == ["marked/img_00000", "marked/img_00001", "clean/img_00000"]
+    assert [s.watermarked for s in dataset] == [True, True, False]
+    assert data_main(["reference", "--n-marked", "-1", "--out", str(out)]) == 2
+    assert "n must be >= 0" in capsys.readouterr().err
+
+
 def test_bad_config_is_refused():
     with pytest.raises(ValueError, match="unknown scene kind 'mixed'"):
         SynthConfig(kind="mixed")

@@ -327,3 +327,13 @@ def test_bad_cards_name_the_file_and_the_fault(tmp_path, body, fault):
 def test_missing_card_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="card.toml"):
         load_card(tmp_path / "card.toml")
+
+
+def test_zoo_specs_put_teachers_first_with_their_cards(student, tmp_path):
+    from harness.evaluate import zoo_specs
+
+    _write_card(tmp_path / "students" / "zz_teacher", f'name = "zz_teacher"\narch = "{SMALL}"\nrole = "teacher"\n'
+                                                       'input_size = 96\n')
+    specs = zoo_specs(tmp_path / "students")
+    assert [(s.label, s.role, s.input_size) for s in specs] == [("zz_teacher", "teacher", 96), ("tiny", "student", 128)]
+    assert specs[0].ckpt is None and specs[1].ckpt == str(tmp_path / "students" / "tiny" / "weights.pt")

@@ -1,7 +1,9 @@
-"""`python -m harness.data check DIR` and `python -m harness.data synth ...`.
+"""`python -m harness.data check DIR`, `python -m harness.data synth ...` and `python -m harness.data reference ...`.
 
 check: validates a dataset and prints a summary, or every fault (exit code 2).
 synth: writes a synthetic set of the reference world (reused when the folder already holds the same set).
+reference: writes a reference evaluation set: watermarked scenes with random secrets plus clean scenes, no tilt of
+their own (the suites' sets are made the same way; the zoo's acceptance set is `--n-marked 200 --n-clean 50`).
 """
 from __future__ import annotations
 
@@ -72,6 +74,21 @@ def synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def reference(args: argparse.Namespace) -> int:
+    from harness.data.reference import ReferenceSetConfig, reference_set
+
+    cfg = ReferenceSetConfig(n_marked=args.n_marked, n_clean=args.n_clean, seed=args.seed, key=args.key)
+    start = time.perf_counter()
+    try:
+        reference_set(cfg, args.out)
+    except ValueError as error:
+        print(f"harness.data reference: {error}", file=sys.stderr)
+        return EXIT_FAULTS
+    print(f"{args.out}: reference set, {cfg.n_marked} watermarked + {cfg.n_clean} clean scenes "
+          f"(seeds {cfg.seed}/{cfg.seed + 1}) in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="python -m harness.data", description=__doc__.splitlines()[0])
     commands = root.add_subparsers(dest="command", required=True)
@@ -86,6 +103,13 @@ def parser() -> argparse.ArgumentParser:
     synth_cmd.add_argument("--tilt-range", type=float, default=5.0, help="tilt uniform in ±this many degrees")
     synth_cmd.add_argument("--key", type=int, default=0, help="codec key")
     synth_cmd.add_argument("--force", action="store_true", help="regenerate over an existing set")
+    ref_cmd = commands.add_parser("reference", help="generate a reference evaluation set (watermarked + clean)")
+    ref_cmd.add_argument("--n-marked", type=int, default=200)
+    ref_cmd.add_argument("--n-clean", type=int, default=50)
+    ref_cmd.add_argument("--seed", type=int, default=1000, help="watermarked half; the clean half uses seed + 1 "
+                         "(training sets use seeds below 1000)")
+    ref_cmd.add_argument("--key", type=int, default=0, help="codec key")
+    ref_cmd.add_argument("--out", type=Path, required=True)
     return root
 
 
@@ -93,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "check":
         return check(args.root)
+    if args.command == "reference":
+        return reference(args)
     return synth(args)
 
 
