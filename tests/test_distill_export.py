@@ -13,11 +13,11 @@ from harness.zoo import load_card
 def _fake_run(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    config = {"model": {"name": "hrnet_w18_small_v1", "input_size": 64},
+    config = {"model": {"name": "hrnet_w18_small_v1", "input_size": 64, "init_ckpt": "runs/phase1/student.pt"},
               "data": {"batch_size": 8, "source": "folder", "root": "data/train", "synth_seed": 0, "tilt_deg": 5.0},
               "run": {"seed": 3}, "teacher": None}
     (run / "config.json").write_text(json.dumps(config))
-    log = [{"event": "start", "step": 0, "time": 0.0},
+    log = [{"event": "start", "step": 0, "time": 0.0, "world_size": 2},
            {"event": "train", "step": 10, "sec_per_step": 1.5, "time": 15.0},
            {"event": "train", "step": 20, "sec_per_step": 1.5, "time": 30.0},
            {"event": "val", "step": 20, "student_bit_acc": 0.93, "val_iou": 0.81, "time": 31.0}]
@@ -37,6 +37,7 @@ def test_export_writes_fp16_weights_and_a_card_that_builds(tmp_path):
     assert (card.arch, card.role, card.input_size, card.checkpoint) == ("hrnet_w18_small_v1", "student", 64,
                                                                         "weights.pt")
     assert card.training["steps"] == 20 and card.training["seed"] == 3
+    assert card.training["processes"] == 2 and card.training["init_ckpt"] == "runs/phase1/student.pt"
     assert card.training["validation"]["student_bit_acc"] == 0.93
     built = card.build()  # checks the sha256 and loads strictly
     expected = net.state_dict()["last_layer.3.weight"].half().float()

@@ -45,6 +45,8 @@ def _training(config: dict, log: list[dict]) -> dict:
     return {
         "steps": max((e["step"] for e in trains), default=0),
         "batch_size": config["data"]["batch_size"],
+        "processes": max((e.get("world_size", 1) for e in starts), default=1),  # global batch = batch × processes
+        "init_ckpt": config["model"].get("init_ckpt", ""),  # a later phase names the earlier phase's weights
         "train_time_min": round(sum(e["sec_per_step"] for e in trains) * _log_every(trains) / 60, 1),  # steps only
         "data": f"{config['data']['source']}:{config['data']['root'] or 'synth'} (generator seed "
                 f"{config['data']['synth_seed']}, tilt augmentation ±{config['data']['tilt_deg']}°)",
