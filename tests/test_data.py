@@ -57,9 +57,9 @@ def _rows(root: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def _faults(root: Path) -> list[str]:
+def _faults(root: Path, decode: bool = False) -> list[str]:
     with pytest.raises(DatasetError) as caught:
-        load_dataset(root)
+        load_dataset(root, decode=decode)
     return [str(fault) for fault in caught.value.faults]
 
 
@@ -121,13 +121,21 @@ def test_empty_manifest(dataset_dir: Path):
     assert _faults(dataset_dir) == ["manifest.csv has no samples"]
 
 
-def test_truncated_and_garbage_images_are_decoded_and_refused(dataset_dir: Path):
+def test_garbage_is_refused_from_its_header(dataset_dir: Path):
+    (dataset_dir / "c.png").write_bytes(b"not an image at all")
+    for decode in (False, True):
+        (fault,) = _faults(dataset_dir, decode=decode)
+        assert fault.startswith("line 4, id 'c': file 'c.png' cannot be decoded")
+
+
+def test_truncated_photo_is_a_fault_only_when_decoding(dataset_dir: Path):
+    # headers only (the evaluator): the photo passes and its run records it as failed; decode=True refuses it
     data = (dataset_dir / "b.jpg").read_bytes()
     (dataset_dir / "b.jpg").write_bytes(data[: len(data) // 2])
-    (dataset_dir / "c.png").write_bytes(b"not an image at all")
-    faults = _faults(dataset_dir)
-    assert any(f.startswith("line 3, id 'b': file 'b.jpg' cannot be decoded") and "truncated" in f for f in faults)
-    assert any(f.startswith("line 4, id 'c': file 'c.png' cannot be decoded") for f in faults)
+    assert load_dataset(dataset_dir).by_id("b").size == Image.open(dataset_dir / "a.png").size
+    (fault,) = _faults(dataset_dir, decode=True)
+    assert fault.startswith("line 3, id 'b': file 'b.jpg' cannot be decoded") and "truncated" in fault
+    assert data_main(["check", str(dataset_dir)]) == 2
 
 
 def test_too_small_image(dataset_dir: Path):
@@ -163,6 +171,7 @@ def test_conversions_are_recorded_not_faults(dataset_dir: Path, mode: str, array
     Image.fromarray(array).save(dataset_dir / "c.png")
     dataset = load_dataset(dataset_dir)
     assert set(dataset.conversions) == {"c"} and dataset.conversions["c"].endswith(conversion)
+    assert load_dataset(dataset_dir, decode=True).conversions == dataset.conversions  # header note = decoded note
     assert dataset.by_id("c").conversion == dataset.conversions["c"]
     image = load_image(dataset_dir / "c.png")
     assert image.mode == "RGB" and np.asarray(image).tolist() == np.full((70, 70, 3), 100).tolist()

@@ -1,6 +1,6 @@
 """`python -m harness.data check DIR`, `python -m harness.data synth ...` and `python -m harness.data reference ...`.
 
-check: validates a dataset and prints a summary, or every fault (exit code 2).
+check: validates a dataset, decoding every photo, and prints a summary, or every fault (exit code 2).
 synth: writes a synthetic set of the reference world (reused when the folder already holds the same set).
 reference: writes a reference evaluation set: watermarked scenes with random secrets plus clean scenes, no tilt of
 their own (the suites' sets are made the same way; the zoo's acceptance set is `--n-marked 200 --n-clean 50`).
@@ -47,7 +47,7 @@ def summary_lines(dataset: Dataset, digest: str) -> list[str]:
 
 def check(root: Path) -> int:
     try:
-        dataset = load_dataset(root)
+        dataset = load_dataset(root, decode=True)
     except DatasetError as error:
         print(error, file=sys.stderr)
         return EXIT_FAULTS

@@ -19,19 +19,37 @@ from PIL import Image
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
+def conversion_note(mode: str) -> str | None:
+    """How a photo of this PIL mode is converted to RGB ("L→RGB", ...), or None when it already is RGB."""
+    if mode == "RGB":
+        return None
+    if mode in _SIXTEEN_BIT_MODES:
+        return f"{mode}→RGB (16-bit scaled to 8)"
+    if mode == "F":
+        return "F→RGB (clipped to 0..255)"
+    return f"{mode}→RGB"
+
+
 def to_rgb(image: Image.Image) -> tuple[Image.Image, str | None]:
     """The image as RGB and a note of the conversion ("L→RGB", ...), or None when it already was RGB."""
     mode = image.mode
+    note = conversion_note(mode)
     if mode == "RGB":
-        return image, None
+        return image, note
     if mode in _SIXTEEN_BIT_MODES:
         values = np.asarray(image, dtype=np.float64)
         grey = np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8)
-        return Image.fromarray(grey, "L").convert("RGB"), f"{mode}→RGB (16-bit scaled to 8)"
+        return Image.fromarray(grey, "L").convert("RGB"), note
     if mode == "F":
         grey = np.clip(np.rint(np.asarray(image, dtype=np.float64)), 0, 255).astype(np.uint8)
-        return Image.fromarray(grey, "L").convert("RGB"), "F→RGB (clipped to 0..255)"
-    return image.convert("RGB"), f"{mode}→RGB"
+        return Image.fromarray(grey, "L").convert("RGB"), note
+    return image.convert("RGB"), note
+
+
+def read_header(path: str | Path) -> tuple[tuple[int, int], str]:
+    """(width, height) and PIL mode from the file's header, pixels not decoded (an unidentifiable file raises)."""
+    with Image.open(path) as image:
+        return image.size, image.mode
 
 
 def open_image(path: str | Path) -> Image.Image:

@@ -10,9 +10,15 @@ A dataset is a folder holding images and `manifest.csv`, one row per sample:
     tilt_deg   optional: the camera tilt the photo was taken (or made) with, in degrees
     kind       optional: free text naming the set the sample belongs to (clean, fixed, random, ...)
 
-`load_dataset` validates every row (decoding every image and mask) before anything runs and raises one
-`DatasetError` listing every fault by line and id. Photos smaller than MIN_SIDE on a side are refused: the
-localizer's input is 400×400 and decoder2 fits the photo to it, so a tiny photo carries no readable watermark.
+`load_dataset` validates every row before anything runs and raises one `DatasetError` listing every fault by line
+and id. Photos smaller than MIN_SIDE on a side are refused: the localizer's input is 400×400 and decoder2 fits the
+photo to it, so a tiny photo carries no readable watermark.
+
+Photos are validated from their headers (size, mode) unless `decode=True`: an evaluation over thousands of photos
+should neither decode each one twice nor stop for one corrupt file, so a photo whose pixels turn out unreadable
+(truncated, corrupt data) is recorded as a failed sample by the evaluator and the run goes on. `decode=True` (the
+`check` command, the trainer) decodes every photo and lists such files as faults. Masks are always decoded: their
+values are checked.
 """
 from __future__ import annotations
 
@@ -26,7 +32,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from harness.data.images import load_image_with_conversion, open_image
+from harness.data.images import conversion_note, load_image_with_conversion, open_image, read_header
 
 MANIFEST_NAME = "manifest.csv"
 REQUIRED_COLUMNS = ("id", "file", "secret")
@@ -213,6 +219,7 @@ class _RowCheck:
     root: Path
     line: int
     row: dict[str, str]
+    decode: bool  # decode the photo's pixels, not only its header
     faults: list[Fault] = field(default_factory=list)
 
     @property
@@ -240,14 +247,19 @@ class _RowCheck:
 
     def photo(self, path: Path) -> tuple[tuple[int, int], str | None] | None:
         try:
-            image, conversion = load_image_with_conversion(path)
+            if self.decode:
+                image, conversion = load_image_with_conversion(path)
+                size = image.size
+            else:
+                size, mode = read_header(path)
+                conversion = conversion_note(mode)
         except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
             self.fault(f"file {path.name!r} cannot be decoded: {type(error).__name__}: {error}")
             return None
-        if min(image.size) < MIN_SIDE:
-            self.fault(f"file {path.name!r} is {image.size[0]}×{image.size[1]}, smaller than {MIN_SIDE} px on a side")
+        if min(size) < MIN_SIDE:
+            self.fault(f"file {path.name!r} is {size[0]}×{size[1]}, smaller than {MIN_SIDE} px on a side")
             return None
-        return image.size, conversion
+        return size, conversion
 
     def mask(self, path: Path, size: tuple[int, int]) -> bool:
         try:
@@ -335,8 +347,11 @@ def _extra_field_faults(rows: list[tuple[int, dict[str, str]]]) -> list[Fault]:
             for line, row in rows if row.get(None)]  # type: ignore[call-overload]
 
 
-def load_dataset(root: str | Path) -> Dataset:
-    """Read and validate the dataset at `root`; raise DatasetError listing every fault."""
+def load_dataset(root: str | Path, *, decode: bool = False) -> Dataset:
+    """Read and validate the dataset at `root`; raise DatasetError listing every fault.
+
+    decode: decode every photo's pixels (a truncated or corrupt photo is then a fault); otherwise headers only.
+    """
     root = Path(root)
     rows, faults = _read_manifest(root)
     if faults:
@@ -344,7 +359,7 @@ def load_dataset(root: str | Path) -> Dataset:
     faults = _duplicate_faults(rows) + _extra_field_faults(rows)
     samples = []
     for line, row in rows:
-        check = _RowCheck(root, line, row)
+        check = _RowCheck(root, line, row, decode)
         sample = check.sample()
         faults.extend(check.faults)
         if sample is not None:

@@ -40,13 +40,16 @@ class SceneSource(Protocol):
 
 
 class FolderScenes:
-    """Scenes of a dataset folder (manifest.csv + images), validated once by `harness.data.load_dataset`."""
+    """Scenes of a dataset folder (manifest.csv + images), validated once by `harness.data.load_dataset`.
+
+    Every photo is decoded at validation: a corrupt photo stops training before the first step, not at step N.
+    """
 
     def __init__(self, root: str):
         from harness.data import load_dataset
 
         self.root = root
-        self.samples = load_dataset(root).samples
+        self.samples = load_dataset(root, decode=True).samples
 
     def __len__(self) -> int:
         return len(self.samples)
