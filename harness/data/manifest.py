@@ -32,7 +32,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from harness.data.images import conversion_note, load_image_with_conversion, open_image, read_header
+from harness.data.images import conversion_note, open_image, read_header
 
 MANIFEST_NAME = "manifest.csv"
 REQUIRED_COLUMNS = ("id", "file", "secret")
@@ -247,19 +247,16 @@ class _RowCheck:
 
     def photo(self, path: Path) -> tuple[tuple[int, int], str | None] | None:
         try:
+            size, mode = read_header(path)
             if self.decode:
-                image, conversion = load_image_with_conversion(path)
-                size = image.size
-            else:
-                size, mode = read_header(path)
-                conversion = conversion_note(mode)
+                open_image(path)  # every pixel: a truncated or corrupt file raises here
         except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
             self.fault(f"file {path.name!r} cannot be decoded: {type(error).__name__}: {error}")
             return None
         if min(size) < MIN_SIDE:
             self.fault(f"file {path.name!r} is {size[0]}×{size[1]}, smaller than {MIN_SIDE} px on a side")
             return None
-        return size, conversion
+        return size, conversion_note(mode)
 
     def mask(self, path: Path, size: tuple[int, int]) -> bool:
         try:
