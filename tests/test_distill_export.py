@@ -42,3 +42,20 @@ def test_export_writes_fp16_weights_and_a_card_that_builds(tmp_path):
     built = card.build()  # checks the sha256 and loads strictly
     expected = net.state_dict()["last_layer.3.weight"].half().float()
     torch.testing.assert_close(built.backbone.state_dict()["last_layer.3.weight"], expected)
+
+
+def test_card_names_where_the_training_scenes_came_from(tmp_path, monkeypatch):
+    """A generator folder is described by its own record; scenes made on the fly by the generator's seed."""
+    from harness.data.synth import SynthConfig, generate
+
+    monkeypatch.chdir(tmp_path)
+    generate(SynthConfig(kind="random", n=2, seed=7), tmp_path / "data" / "train")
+    run, _ = _fake_run(tmp_path)
+    card = load_card(export_run(run, "w18s", "student", tmp_path / "r.toml", root=tmp_path / "a") / "card.toml")
+    assert card.training["data"] == "folder:data/train (2 scenes, generator seed 7, tilt augmentation ±5.0°)"
+
+    config = json.loads((run / "config.json").read_text())
+    config["data"].update(source="synth", synth_size=100000, synth_seed=4)
+    (run / "config.json").write_text(json.dumps(config))
+    card = load_card(export_run(run, "w18s", "student", tmp_path / "r.toml", root=tmp_path / "b") / "card.toml")
+    assert card.training["data"] == "synth: 100000 scenes made on the fly (generator seed 4, tilt augmentation ±5.0°)"

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from harness.data.synth import SYNTH_CONFIG_NAME
 from harness.zoo import build_localizer, load_checkpoint, sha256_file
 
 WEIGHTS_NAME = "weights.pt"
@@ -48,8 +49,7 @@ def _training(config: dict, log: list[dict]) -> dict:
         "processes": max((e.get("world_size", 1) for e in starts), default=1),  # global batch = batch × processes
         "init_ckpt": config["model"].get("init_ckpt", ""),  # a later phase names the earlier phase's weights
         "train_time_min": round(sum(e["sec_per_step"] for e in trains) * _log_every(trains) / 60, 1),  # steps only
-        "data": f"{config['data']['source']}:{config['data']['root'] or 'synth'} (generator seed "
-                f"{config['data']['synth_seed']}, tilt augmentation ±{config['data']['tilt_deg']}°)",
+        "data": _data_line(config["data"]),
         "seed": config["run"]["seed"],
         "teacher": (config.get("teacher") or {}).get("name", ""),
         "teacher_sha256": next((e.get("teacher_sha256") or "" for e in starts), ""),
@@ -57,6 +57,19 @@ def _training(config: dict, log: list[dict]) -> dict:
         "best_step": best.get("step", -1),
         "validation": {k: v for k, v in best.items() if _is_metric(k, v)},
     }
+
+
+def _data_line(data: dict) -> str:
+    """Where the training scenes came from: the generator's seed for made-on-the-fly scenes, or the folder's own
+    generator record (`synth.json`) when the folder was made by `python -m harness.data synth`."""
+    tilt = f"tilt augmentation ±{data['tilt_deg']}°"
+    if data["source"] == "synth":
+        return f"synth: {data['synth_size']} scenes made on the fly (generator seed {data['synth_seed']}, {tilt})"
+    record = Path(data["root"]) / SYNTH_CONFIG_NAME
+    if record.is_file():
+        made = json.loads(record.read_text())["config"]
+        return f"folder:{data['root']} ({made['n']} scenes, generator seed {made['seed']}, {tilt})"
+    return f"folder:{data['root']} ({tilt})"
 
 
 def _is_metric(key: str, value) -> bool:
