@@ -254,11 +254,16 @@ def resolved_config(cfg: SynthConfig) -> dict:
             "codec_sha256": "" if cfg.kind == "clean" else codec_fingerprint()}
 
 
+def read_record(out_dir: str | Path) -> dict | None:
+    """The folder's synth.json as written by `generate` (see `resolved_config`), or None when it has none."""
+    record = Path(out_dir) / SYNTH_CONFIG_NAME
+    return json.loads(record.read_text()) if record.is_file() else None
+
+
 def is_cached(cfg: SynthConfig, out_dir: Path) -> bool:
-    record = out_dir / SYNTH_CONFIG_NAME
-    if not record.is_file() or not (out_dir / "manifest.csv").is_file():
+    if not (out_dir / "manifest.csv").is_file():
         return False
-    return json.loads(record.read_text()) == json.loads(json.dumps(resolved_config(cfg)))  # tuples read as lists
+    return read_record(out_dir) == json.loads(json.dumps(resolved_config(cfg)))  # tuples read as lists
 
 
 def write_scene(scene: Scene, index: int, out_dir: Path, cfg: SynthConfig) -> dict[str, str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from harness.data.synth import SYNTH_CONFIG_NAME
+from harness.data.synth import read_record
 from harness.zoo import build_localizer, load_checkpoint, sha256_file
 
 WEIGHTS_NAME = "weights.pt"
@@ -65,9 +65,9 @@ def _data_line(data: dict) -> str:
     tilt = f"tilt augmentation ±{data['tilt_deg']}°"
     if data["source"] == "synth":
         return f"synth: {data['synth_size']} scenes made on the fly (generator seed {data['synth_seed']}, {tilt})"
-    record = Path(data["root"]) / SYNTH_CONFIG_NAME
-    if record.is_file():
-        made = json.loads(record.read_text())["config"]
+    record = read_record(data["root"])
+    if record is not None:
+        made = record["config"]
         return f"folder:{data['root']} ({made['n']} scenes, generator seed {made['seed']}, {tilt})"
     return f"folder:{data['root']} ({tilt})"
 
