@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from harness.distill.config import RecipeError, load_recipe, recipe_from_dict
+from harness.distill.config import RecipeError, load_recipe, recipe_from_dict, with_seed
 from harness.distill.data import StepBatchSampler, TrainSamples, make_loader
 from harness.distill.trainer import lr_factor, train
 from tests.distill_world import BUILDERS, TinyNet, WIDTHS, save_teacher, tiny_recipe, tiny_scenes
@@ -71,6 +71,18 @@ def test_resume_refuses_a_changed_recipe(tmp_path):
     _run(tiny_recipe(max_steps=2), tmp_path / "run", until_step=1)
     with pytest.raises(RecipeError, match=r"optim\.lr"):
         _run(tiny_recipe(max_steps=2, optim={"lr": 0.5}), tmp_path / "run", resume=True)
+
+
+def test_a_seed_override_is_recorded_and_changes_the_run(tmp_path):
+    base = tiny_recipe(max_steps=2)
+    _run(base, tmp_path / "s0")
+    _run(with_seed(base, 1), tmp_path / "s1")
+    assert json.loads((tmp_path / "s1" / "config.json").read_text())["run"]["seed"] == 1
+    a = torch.load(tmp_path / "s0" / "student.pt", weights_only=True)
+    b = torch.load(tmp_path / "s1" / "student.pt", weights_only=True)
+    assert any(not torch.equal(a[key], b[key]) for key in a)
+    with pytest.raises(RecipeError, match=r"run\.seed"):  # a resume under another seed would mix two runs
+        _run(with_seed(base, 2), tmp_path / "s1", resume=True)
 
 
 def test_early_stopping_on_the_declared_metric(tmp_path):

@@ -20,6 +20,7 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from OUT/last.pt (a new run if absent)")
     train.add_argument("--until-step", type=int, default=None, help="stop at this step (resume later)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--seed", type=int, default=None, help="override [run] seed (repeat a recipe over seeds)")
     export = commands.add_parser("export", help="ship a run as fp16 weights + model card under students/")
     export.add_argument("run", type=Path, help="run directory (config.json, log.jsonl, student.pt)")
     export.add_argument("--name", required=True, help="zoo name (folder under --root)")
@@ -47,11 +48,13 @@ def main(argv: list[str] | None = None) -> int:
 
         print(export_run(args.run, args.name, args.role, args.recipe, args.root))
         return 0
-    from harness.distill.config import RecipeError, load_recipe
+    from harness.distill.config import RecipeError, load_recipe, with_seed
     from harness.distill.trainer import train
 
     try:
         recipe = load_recipe(args.recipe)
+        if args.seed is not None:
+            recipe = with_seed(recipe, args.seed)
     except RecipeError as err:
         print(err, file=sys.stderr)
         return 2

@@ -203,5 +203,11 @@ def load_recipe(path: str | Path) -> Recipe:
     return recipe_from_dict(raw, str(path))
 
 
+def with_seed(recipe: Recipe, seed: int) -> Recipe:
+    """The same recipe under another run seed (weight init of new layers, batch order, augmentation draws); the
+    resolved config saved in the run directory records it."""
+    return dataclasses.replace(recipe, run=dataclasses.replace(recipe.run, seed=seed))
+
+
 def recipe_to_json(recipe: Recipe) -> str:
     return json.dumps(recipe.to_dict(), indent=2, sort_keys=True)
