@@ -25,7 +25,7 @@ from tabulate import tabulate
 
 from harness.data import DatasetError
 from harness.evaluate import DEFAULT_TILTS, EvalConfig, EvalError, ModelSpec, Summary, evaluate, zoo_specs
-from harness.zoo import CheckpointError
+from harness.zoo import CheckpointError, trained_input_size
 
 _VALUE_OPTIONS = ("--tilts", "--angles", "--fpr-secret")  # values that may start with "-"
 
@@ -61,9 +61,23 @@ def _parse_range(text: str) -> tuple[float, ...]:
 
 def _model(text: str, role: str, sizes: dict[str, int], option: str) -> ModelSpec:
     arch, _, ckpt = text.partition("=")
+    arch, ckpt = arch.strip(), ckpt.strip() or None
     if not arch:
         raise ValueError(f"{option} {text!r}: expected NAME or NAME=CHECKPOINT")
-    return ModelSpec(arch=arch.strip(), ckpt=ckpt.strip() or None, input_size=sizes.get(arch.strip()), role=role)
+    return ModelSpec(arch=arch, ckpt=ckpt, input_size=_input_size(arch, ckpt, sizes, role), role=role)
+
+
+def _input_size(arch: str, ckpt: str | None, sizes: dict[str, int], role: str) -> int | None:
+    """--input-size when given, else the size the checkpoint's run or card records, else the registry default."""
+    if arch in sizes or ckpt is None or role == "sdecoder":
+        return sizes.get(arch)
+    found = trained_input_size(arch, ckpt)
+    if found is None:
+        return None
+    size, source = found
+    print(f"harness.eval: {arch} runs at input {size}, as {source} records (--input-size {arch}=N overrides)",
+          file=sys.stderr)
+    return size
 
 
 def _sizes(items: list[str]) -> dict[str, int]:
@@ -93,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--fill", choices=("black", "validity"), default="black",
                     help="EDT border fill of the search rotation: by black value as the demo (default), or exact")
     ap.add_argument("--input-size", action="append", default=[], metavar="NAME=SIZE",
-                    help="square input side of a localizer (resized inside the wrapper); repeat")
+                    help="square input side of a localizer (resized inside the wrapper); repeat. Default: the "
+                         "size recorded beside its checkpoint (a training run's config.json or a model card), "
+                         "else the architecture's default")
     ap.add_argument("--roi-fn", default=None, metavar="MODULE:FUNCTION", help="a user ROI function")
     ap.add_argument("--student-use-teacher-mask", action="store_true",
                     help="students take the ROI from the teacher's mask (a diagnostic of the chain)")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import pickle
 import re
 import sys
@@ -331,3 +332,35 @@ def _validate_card(data: dict[str, Any], path: Path) -> None:
 def list_cards(root: str | Path = "students") -> list[ModelCard]:
     """Every `<root>/<name>/card.toml`, sorted by folder name."""
     return [load_card(p) for p in sorted(Path(root).glob("*/card.toml"))]
+
+
+def trained_input_size(arch: str, ckpt: str | Path) -> tuple[int, Path] | None:
+    """(input size, the file that says so) for a checkpoint whose folder records the size it was trained at.
+
+    A bare state_dict carries no input size, and a student trained at 128 but run at its architecture's default
+    size reads little better than chance. Two writers leave the size beside the weights: a training run
+    (`config.json`, [model] name and input_size) and a model card (`card.toml` naming this checkpoint). A file that
+    describes another architecture or another checkpoint says nothing about this one.
+    """
+    ckpt = Path(ckpt)
+    run_config = ckpt.parent / "config.json"
+    if run_config.is_file():
+        try:
+            model = json.loads(run_config.read_text(encoding="utf-8")).get("model", {})
+        except (json.JSONDecodeError, AttributeError, UnicodeDecodeError):
+            model = {}  # not a training run's config: no claim about this checkpoint
+        size = model.get("input_size") if isinstance(model, dict) else None
+        if isinstance(model, dict) and model.get("name") == arch and _positive_int(size):
+            return size, run_config
+    card_path = ckpt.parent / "card.toml"
+    if card_path.is_file():
+        card = load_card(card_path)
+        same_file = card.checkpoint_path is not None and card.checkpoint_path.resolve() == ckpt.resolve()
+        if card.arch == arch and same_file and card.input_size is not None:
+            return card.input_size, card_path
+    return None
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+

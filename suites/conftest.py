@@ -5,7 +5,8 @@
 `reports/results/<mode>/` and the report and the gate read them from there.
 
 Models: the shipped zoo (`students/*/card.toml`), or `--localizer NAME[=CKPT]` (repeatable, the first is the
-teacher; `--input-size NAME=SIZE` sets a network's input side) and `--sdecoder NAME[=CKPT]`.
+teacher; `--input-size NAME=SIZE` sets a network's input side, by default the size recorded beside the
+checkpoint by its training run or card) and `--sdecoder NAME[=CKPT]`.
 """
 from __future__ import annotations
 

@@ -196,3 +196,31 @@ def test_cli_zoo_without_cards_exits_2(tmp_path, capsys):
     code = eval_main(["--zoo", str(tmp_path), "--sdecoder", "reference_sdecoder", "--data", str(tmp_path),
                       "--out", str(tmp_path / "out"), "--quiet"])
     assert code == 2 and "no model cards" in capsys.readouterr().err
+
+
+def _cli_config(*argv):
+    from harness.eval import build_parser, config_from_args
+    return config_from_args(build_parser().parse_args(["--sdecoder", "reference_sdecoder", "--data", "d", "--out", "o",
+                                                       *argv]))
+
+
+def test_cli_takes_a_students_input_size_from_its_training_run(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"model": {"name": "hrnet_w18_small_v1", "input_size": 128}}))
+    ckpt = run / "student.pt"
+    cfg = _cli_config("--localizer", "hrnet_w18", "--localizer", f"hrnet_w18_small_v1={ckpt}")
+    assert [m.input_size for m in cfg.localizers] == [None, 128]
+    assert "hrnet_w18_small_v1 runs at input 128" in capsys.readouterr().err
+    # an explicit size wins; a run of another architecture says nothing about this checkpoint
+    cfg = _cli_config("--localizer", f"hrnet_w18_small_v1={ckpt}", "--input-size", "hrnet_w18_small_v1=96",
+                      "--localizer", f"pidnet_s={ckpt}")
+    assert [m.input_size for m in cfg.localizers] == [96, None]
+
+
+def test_cli_takes_the_input_size_from_the_card_beside_the_checkpoint(tmp_path):
+    (tmp_path / "card.toml").write_text('name = "s"\narch = "pidnet_s"\nrole = "student"\ninput_size = 160\n'
+                                        'checkpoint = "weights.pt"\n')
+    cfg = _cli_config("--localizer", f"pidnet_s={tmp_path / 'weights.pt'}",
+                      "--localizer", f"pidnet_s={tmp_path / 'other.pt'}")
+    assert [m.input_size for m in cfg.localizers] == [160, None]
