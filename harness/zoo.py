@@ -319,7 +319,7 @@ def _validate_card(data: dict[str, Any], path: Path) -> None:
     if data["role"] not in ROLES:
         raise ValueError(f"model card {path}: role {data['role']!r} is not one of {ROLES}")
     size = data.get("input_size")
-    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size <= 0):
+    if size is not None and not _positive_int(size):
         raise ValueError(f"model card {path}: input_size must be a positive integer, got {size!r}")
     for key in ("checkpoint", "sha256", "recipe"):
         if key in data and not isinstance(data[key], str):
@@ -345,13 +345,9 @@ def trained_input_size(arch: str, ckpt: str | Path) -> tuple[int, Path] | None:
     ckpt = Path(ckpt)
     run_config = ckpt.parent / "config.json"
     if run_config.is_file():
-        try:
-            model = json.loads(run_config.read_text(encoding="utf-8")).get("model", {})
-        except (json.JSONDecodeError, AttributeError, UnicodeDecodeError):
-            model = {}  # not a training run's config: no claim about this checkpoint
-        size = model.get("input_size") if isinstance(model, dict) else None
-        if isinstance(model, dict) and model.get("name") == arch and _positive_int(size):
-            return size, run_config
+        model = _run_model(run_config)
+        if model.get("name") == arch and _positive_int(model.get("input_size")):
+            return model["input_size"], run_config
     card_path = ckpt.parent / "card.toml"
     if card_path.is_file():
         card = load_card(card_path)
@@ -361,6 +357,15 @@ def trained_input_size(arch: str, ckpt: str | Path) -> tuple[int, Path] | None:
     return None
 
 
+def _run_model(run_config: Path) -> dict[str, Any]:
+    """The [model] table of a training run's config.json; {} for a config.json some other tool wrote."""
+    try:
+        config = json.loads(run_config.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    model = config.get("model") if isinstance(config, dict) else None
+    return model if isinstance(model, dict) else {}
+
+
 def _positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
