@@ -9,7 +9,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("harness")
     group.addoption("--benchmark", action="store_true", default=False,
                     help="run the suites in full mode (reference evaluation set, tilts -5..+5) instead of quick mode")
-    group.addoption("--localizer", action="append", default=None, metavar="NAME[=CKPT]",
+    group.addoption("--localizer", action="append", default=None, metavar="[LABEL:]NAME[=CKPT]",
                     help="suites: evaluate this localizer (repeatable) instead of the shipped zoo")
     group.addoption("--sdecoder", default=None, metavar="NAME[=CKPT]",
                     help="suites: secret decoder to use (default: the reference SDecoder)")

@@ -3,7 +3,8 @@
     python -m harness.eval --localizer hrnet_w48=teacher.pt --localizer hrnet_w18=student.pt \\
         --sdecoder reference_sdecoder --data data/eval --tilts -5:5:1 --out runs/w18
 
-The first --localizer is the teacher, the others are students; `--zoo students` takes the localizers of the model
+The first --localizer is the teacher, the others are students (`--localizer p3:hrnet_w18=old.pt` labels a model, so
+two checkpoints of one architecture can run side by side); `--zoo students` takes the localizers of the model
 cards under a folder instead (teachers first). Writes records.csv, summary.json and timings.csv
 under --out; an interrupted run resumes when started again with the same arguments. Under
 `torchrun --nproc_per_node N -m harness.eval ...` every rank decodes its share of the photos (gloo on CPU, nccl on
@@ -60,11 +61,14 @@ def _parse_range(text: str) -> tuple[float, ...]:
 
 
 def _model(text: str, role: str, sizes: dict[str, int], option: str) -> ModelSpec:
-    arch, _, ckpt = text.partition("=")
-    arch, ckpt = arch.strip(), ckpt.strip() or None
-    if not arch:
-        raise ValueError(f"{option} {text!r}: expected NAME or NAME=CHECKPOINT")
-    return ModelSpec(arch=arch, ckpt=ckpt, input_size=_input_size(arch, ckpt, sizes, role), role=role)
+    """[LABEL:]NAME[=CKPT]. The label (default NAME) names the model in records, so two checkpoints of one
+    architecture can be compared in one run; it sits before "=" because a checkpoint path may hold any character."""
+    head, _, ckpt = text.partition("=")
+    label, _, arch = head.rpartition(":")
+    label, arch, ckpt = label.strip(), arch.strip(), ckpt.strip() or None
+    if not arch or (head.count(":") and not label):
+        raise ValueError(f"{option} {text!r}: expected NAME, NAME=CHECKPOINT or LABEL:NAME=CHECKPOINT")
+    return ModelSpec(arch=arch, ckpt=ckpt, input_size=_input_size(arch, ckpt, sizes, role), role=role, name=label)
 
 
 def _input_size(arch: str, ckpt: str | None, sizes: dict[str, int], role: str) -> int | None:
@@ -94,8 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m harness.eval", description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     models = ap.add_mutually_exclusive_group(required=True)
-    models.add_argument("--localizer", action="append", metavar="NAME[=CKPT]",
-                        help="a registered localizer and its checkpoint; repeat; the first is the teacher")
+    models.add_argument("--localizer", action="append", metavar="[LABEL:]NAME[=CKPT]",
+                        help="a registered localizer and its checkpoint; repeat; the first is the teacher. "
+                             "LABEL names it in the records (default NAME): two checkpoints of one architecture "
+                             "need two labels")
     models.add_argument("--zoo", metavar="DIR", help="the localizers of the model cards under DIR (e.g. students)")
     ap.add_argument("--sdecoder", required=True, metavar="NAME[=CKPT]", help="a registered secret decoder")
     ap.add_argument("--data", required=True, help="dataset folder holding manifest.csv")

@@ -4,7 +4,7 @@
 `pytest suites/ --benchmark` runs the full mode (the reference set, tilts −5..+5). Results land in
 `reports/results/<mode>/` and the report and the gate read them from there.
 
-Models: the shipped zoo (`students/*/card.toml`), or `--localizer NAME[=CKPT]` (repeatable, the first is the
+Models: the shipped zoo (`students/*/card.toml`), or `--localizer [LABEL:]NAME[=CKPT]` (repeatable, the first is the
 teacher; `--input-size NAME=SIZE` sets a network's input side, by default the size recorded beside the
 checkpoint by its training run or card) and `--sdecoder NAME[=CKPT]`.
 """

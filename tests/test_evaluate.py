@@ -224,3 +224,33 @@ def test_cli_takes_the_input_size_from_the_card_beside_the_checkpoint(tmp_path):
     cfg = _cli_config("--localizer", f"pidnet_s={tmp_path / 'weights.pt'}",
                       "--localizer", f"pidnet_s={tmp_path / 'other.pt'}")
     assert [m.input_size for m in cfg.localizers] == [160, None]
+
+
+def test_cli_labels_name_models_in_the_records(tmp_path, data_dir, capsys):
+    from harness.zoo import build_localizer
+    ckpts = []
+    for seed in (0, 1):  # two checkpoints of one architecture, as when a teacher is compared with its last phase
+        torch.manual_seed(seed)
+        ckpts.append(tmp_path / f"w{seed}.pt")
+        torch.save(build_localizer("hrnet_w18_small_v1", 64).backbone.state_dict(), ckpts[-1])
+    common = ["--sdecoder", "reference_sdecoder", "--data", str(data_dir), "--tilts", "0", "--no-oracle",
+              "--input-size", "hrnet_w18_small_v1=64", "--workers", "0", "--quiet"]
+    twice = [f"hrnet_w18_small_v1={c}" for c in ckpts]
+    assert eval_main(["--localizer", twice[0], "--localizer", twice[1], *common, "--out", str(tmp_path / "x")]) == 2
+    assert "distinct label (--localizer LABEL:NAME=CKPT)" in capsys.readouterr().err
+
+    code = eval_main(["--localizer", f"old:{twice[0]}", "--localizer", f"new:{twice[1]}", *common,
+                      "--out", str(tmp_path / "run")])
+    assert code == 0
+    records = pd.read_csv(tmp_path / "run" / "records.csv")
+    assert sorted(records["model"].unique()) == ["new", "old"]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    shas = summary["provenance"]["checkpoints"]
+    assert shas["old"] != shas["new"]
+
+
+def test_cli_rejects_an_empty_label():
+    with pytest.raises(ValueError, match="LABEL:NAME=CHECKPOINT"):
+        _cli_config("--localizer", ":hrnet_w18=t.pt")
+    (spec,) = _cli_config("--localizer", "p3:hrnet_w18").localizers
+    assert (spec.label, spec.arch, spec.ckpt) == ("p3", "hrnet_w18", None)
