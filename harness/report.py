@@ -131,9 +131,22 @@ def key_results(results: Results) -> str:
     teacher = _teacher(results)
     chosen = ([teacher] if teacher else []) + [best[a] for a in sorted(best)]
     rows = [[e["model"], e["role"], _pct(e["bit_acc"]["mean"], 2) + f" ± {_pct(e['bit_acc']['ci95'], 2)}",
-             f"{_pct(e['tilt_min'])}–{_pct(e['tilt_max'])}"] for e in chosen]
-    return tabulate(rows, headers=["model", "role", "bit acc % (95 % CI)", "−5°~5° (min–max) %"],
-                    tablefmt="github", disable_numparse=True)
+             f"{_pct(e['tilt_min'])}–{_pct(e['tilt_max'])}", *_loss_to_teacher(e, teacher)] for e in chosen]
+    headers = ["model", "role", "bit acc % (95 % CI)", "−5°~5° (min–max) %", "points below the teacher (mean)",
+               "worst tilt (points below)"]
+    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def _loss_to_teacher(entry: dict, teacher: dict | None) -> list[str]:
+    """What a student loses: the teacher's bit accuracy minus the student's, on average and at the tilt where the
+    gap is widest (negative: the student reads higher). Only tilts both were measured at count."""
+    if teacher is None or entry is teacher:
+        return ["—", "—"]
+    tilts = [t for t in teacher["per_tilt"] if t in entry["per_tilt"]]
+    gaps = {t: teacher["per_tilt"][t] - entry["per_tilt"][t] for t in tilts}
+    worst = max(gaps, key=lambda t: (gaps[t], -float(t)))  # ties: the lowest tilt, so the text never flips
+    return [_pct(teacher["bit_acc"]["mean"] - entry["bit_acc"]["mean"], 2),
+            f"{_pct(gaps[worst], 2)} at {float(worst):+g}°"]
 
 
 def field_cost_table(results: Results) -> str:

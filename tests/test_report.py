@@ -49,6 +49,20 @@ def test_report_has_the_columns_and_is_byte_identical(results, tmp_path):
     assert "oracle (GT mask ROI)" in first and "Provenance" in first and "hrnet_w48" in first
 
 
+def test_key_results_say_what_a_student_loses_at_its_worst_tilt():
+    def entry(model, role, mean, per_tilt):
+        return {"model": model, "role": role, "roi_source": "predicted", "bit_acc": {"mean": mean, "ci95": 0.01},
+                "tilt_min": min(per_tilt.values()), "tilt_max": max(per_tilt.values()), "per_tilt": per_tilt}
+
+    summary = {"results": [entry("t", "teacher", 0.95, {"-5": 0.94, "0": 0.96}),
+                           entry("s", "student", 0.93, {"-5": 0.90, "0": 0.96}),
+                           entry("u", "student", 0.96, {"-5": 0.95, "0": 0.97})]}
+    table = report.key_results(report.Results(None, summary, {}, {}))
+    assert "points below the teacher (mean)" in table and "worst tilt (points below)" in table
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[5:7]] for line in table.splitlines()[2:]}
+    assert rows == {"t": ["—", "—"], "s": ["2.00", "4.00 at -5°"], "u": ["-1.00", "-1.00 at -5°"]}
+
+
 def test_missing_results_exit_2(tmp_path, capsys):
     assert report.main(["--results", str(tmp_path), "--out", str(tmp_path / "R.md")]) == 2
     assert "missing results file" in capsys.readouterr().err
