@@ -68,18 +68,22 @@ def _model(text: str, role: str, sizes: dict[str, int], option: str) -> ModelSpe
     label, arch, ckpt = label.strip(), arch.strip(), ckpt.strip() or None
     if not arch or (head.count(":") and not label):
         raise ValueError(f"{option} {text!r}: expected NAME, NAME=CHECKPOINT or LABEL:NAME=CHECKPOINT")
-    return ModelSpec(arch=arch, ckpt=ckpt, input_size=_input_size(arch, ckpt, sizes, role), role=role, name=label)
+    return ModelSpec(arch=arch, ckpt=ckpt, input_size=_input_size(label or arch, arch, ckpt, sizes, role), role=role,
+                     name=label)
 
 
-def _input_size(arch: str, ckpt: str | None, sizes: dict[str, int], role: str) -> int | None:
-    """--input-size when given, else the size the checkpoint's run or card records, else the registry default."""
-    if arch in sizes or ckpt is None or role == "sdecoder":
-        return sizes.get(arch)
-    found = trained_input_size(arch, ckpt)
+def _input_size(label: str, arch: str, ckpt: str | None, sizes: dict[str, int], role: str) -> int | None:
+    """--input-size for the label, else for the architecture, else the size the checkpoint's run or card records, else
+    the registry default."""
+    if role == "sdecoder":
+        return None
+    if label in sizes or arch in sizes:
+        return sizes.get(label, sizes.get(arch))
+    found = None if ckpt is None else trained_input_size(arch, ckpt)
     if found is None:
         return None
     size, source = found
-    print(f"harness.eval: {arch} runs at input {size}, as {source} records (--input-size {arch}=N overrides)",
+    print(f"harness.eval: {label} runs at input {size}, as {source} records (--input-size {label}=N overrides)",
           file=sys.stderr)
     return size
 
@@ -113,9 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--fill", choices=("black", "validity"), default="black",
                     help="EDT border fill of the search rotation: by black value as the demo (default), or exact")
     ap.add_argument("--input-size", action="append", default=[], metavar="NAME=SIZE",
-                    help="square input side of a localizer (resized inside the wrapper); repeat. Default: the "
-                         "size recorded beside its checkpoint (a training run's config.json or a model card), "
-                         "else the architecture's default")
+                    help="square input side of a localizer, NAME being its label or architecture (resized inside "
+                         "the wrapper); repeat. Default: the size recorded beside its checkpoint (a training run's "
+                         "config.json or a model card), else the architecture's default")
     ap.add_argument("--roi-fn", default=None, metavar="MODULE:FUNCTION", help="a user ROI function")
     ap.add_argument("--student-use-teacher-mask", action="store_true",
                     help="students take the ROI from the teacher's mask (a diagnostic of the chain)")

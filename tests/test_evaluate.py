@@ -249,8 +249,14 @@ def test_cli_labels_name_models_in_the_records(tmp_path, data_dir, capsys):
     assert shas["old"] != shas["new"]
 
 
-def test_cli_rejects_an_empty_label():
+def test_cli_labels_parse_and_take_their_own_input_size():
     with pytest.raises(ValueError, match="LABEL:NAME=CHECKPOINT"):
         _cli_config("--localizer", ":hrnet_w18=t.pt")
     (spec,) = _cli_config("--localizer", "p3:hrnet_w18").localizers
     assert (spec.label, spec.arch, spec.ckpt) == ("p3", "hrnet_w18", None)
+    # a size given for a label wins over one given for its architecture
+    cfg = _cli_config("--localizer", "a:pidnet_s", "--localizer", "b:pidnet_s", "--input-size", "a=96")
+    assert [m.input_size for m in cfg.localizers] == [96, None]
+    cfg = _cli_config("--localizer", "a:pidnet_s", "--localizer", "b:pidnet_s", "--input-size", "a=96",
+                      "--input-size", "pidnet_s=64")
+    assert [m.input_size for m in cfg.localizers] == [96, 64]
