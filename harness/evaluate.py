@@ -192,7 +192,8 @@ def build_models(cfg: EvalConfig, device: str | None = None) -> Models:
     labels = [m.label for m in cfg.localizers]
     duplicates = sorted({n for n in labels if labels.count(n) > 1})
     if duplicates:
-        raise EvalError(f"localizer names {duplicates} appear twice; give each a distinct label (--localizer LABEL:NAME=CKPT)")
+        raise EvalError(f"localizer names {duplicates} appear twice; give each a distinct label "
+                        "(--localizer LABEL:NAME=CKPT)")
     localizers = [NamedLocalizer(m.label, m.role, build_localizer(m.arch, m.input_size, m.ckpt).to(device),
                                  m.mask_from) for m in cfg.localizers]
     sdecoder = build_sdecoder(cfg.sdecoder.arch, cfg.sdecoder.ckpt).to(device)

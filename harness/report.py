@@ -142,11 +142,12 @@ def _loss_to_teacher(entry: dict, teacher: dict | None) -> list[str]:
     gap is widest (negative: the student reads higher). Only tilts both were measured at count."""
     if teacher is None or entry is teacher:
         return ["—", "—"]
-    tilts = [t for t in teacher["per_tilt"] if t in entry["per_tilt"]]
-    gaps = {t: teacher["per_tilt"][t] - entry["per_tilt"][t] for t in tilts}
+    mean_gap = _pct(teacher["bit_acc"]["mean"] - entry["bit_acc"]["mean"], 2)
+    gaps = {t: teacher["per_tilt"][t] - entry["per_tilt"][t] for t in teacher["per_tilt"] if t in entry["per_tilt"]}
+    if not gaps:
+        return [mean_gap, "—"]
     worst = max(gaps, key=lambda t: (gaps[t], -float(t)))  # ties: the lowest tilt, so the text never flips
-    return [_pct(teacher["bit_acc"]["mean"] - entry["bit_acc"]["mean"], 2),
-            f"{_pct(gaps[worst], 2)} at {float(worst):+g}°"]
+    return [mean_gap, f"{_pct(gaps[worst], 2)} at {float(worst):+g}°"]
 
 
 def field_cost_table(results: Results) -> str:

@@ -61,6 +61,8 @@ def test_key_results_say_what_a_student_loses_at_its_worst_tilt():
     assert "points below the teacher (mean)" in table and "worst tilt (points below)" in table
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[5:7]] for line in table.splitlines()[2:]}
     assert rows == {"t": ["—", "—"], "s": ["2.00", "4.00 at -5°"], "u": ["-1.00", "-1.00 at -5°"]}
+    # a student measured at other tilts than the teacher has no worst tilt to report
+    assert report._loss_to_teacher(entry("v", "student", 0.95, {"3": 0.95}), summary["results"][0]) == ["0.00", "—"]
 
 
 def test_missing_results_exit_2(tmp_path, capsys):
