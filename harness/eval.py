@@ -18,6 +18,7 @@ import argparse
 import math
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -68,23 +69,20 @@ def _model(text: str, role: str, sizes: dict[str, int], option: str) -> ModelSpe
     label, arch, ckpt = label.strip(), arch.strip(), ckpt.strip() or None
     if not arch or (head.count(":") and not label):
         raise ValueError(f"{option} {text!r}: expected NAME, NAME=CHECKPOINT or LABEL:NAME=CHECKPOINT")
-    return ModelSpec(arch=arch, ckpt=ckpt, input_size=_input_size(label or arch, arch, ckpt, sizes, role), role=role,
-                     name=label)
+    spec = ModelSpec(arch=arch, ckpt=ckpt, role=role, name=label)
+    return spec if role == "sdecoder" else replace(spec, input_size=_input_size(spec, sizes))
 
 
-def _input_size(label: str, arch: str, ckpt: str | None, sizes: dict[str, int], role: str) -> int | None:
+def _input_size(spec: ModelSpec, sizes: dict[str, int]) -> int | None:
     """--input-size for the label, else for the architecture, else the size the checkpoint's run or card records, else
     the registry default."""
-    if role == "sdecoder":
-        return None
-    if label in sizes or arch in sizes:
-        return sizes.get(label, sizes.get(arch))
-    found = None if ckpt is None else trained_input_size(arch, ckpt)
+    size = sizes.get(spec.label, sizes.get(spec.arch))
+    found = None if size is not None or spec.ckpt is None else trained_input_size(spec.arch, spec.ckpt)
     if found is None:
-        return None
+        return size
     size, source = found
-    print(f"harness.eval: {label} runs at input {size}, as {source} records (--input-size {label}=N overrides)",
-          file=sys.stderr)
+    print(f"harness.eval: {spec.label} runs at input {size}, as {source} records (--input-size {spec.label}=N "
+          "overrides)", file=sys.stderr)
     return size
 
 
