@@ -75,11 +75,16 @@ def _model(text: str, role: str, sizes: dict[str, int], option: str) -> ModelSpe
 
 def _input_size(spec: ModelSpec, sizes: dict[str, int]) -> int | None:
     """--input-size for the label, else for the architecture, else the size the checkpoint's run or card records, else
-    the registry default."""
+    None: the fitted photo's own 400×400, with a note, since a size the user never chose is easy to miss."""
     size = sizes.get(spec.label, sizes.get(spec.arch))
-    found = None if size is not None or spec.ckpt is None else trained_input_size(spec.arch, spec.ckpt)
-    if found is None:
+    if size is not None or spec.ckpt is None:
         return size
+    found = trained_input_size(spec.arch, spec.ckpt)
+    if found is None:
+        # A student trained at 128 and run at 400 reads little better than chance, silently: say which size it got.
+        print(f"harness.eval: {spec.label} runs at the photo's own size (400): no run config.json or model card beside "
+              f"{spec.ckpt} records the size it was trained at (--input-size {spec.label}=N sets one)", file=sys.stderr)
+        return None
     size, source = found
     print(f"harness.eval: {spec.label} runs at input {size}, as {source} records (--input-size {spec.label}=N "
           "overrides)", file=sys.stderr)
@@ -117,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--input-size", action="append", default=[], metavar="NAME=SIZE",
                     help="square input side of a localizer, NAME being its label or architecture (resized inside "
                          "the wrapper); repeat. Default: the size recorded beside its checkpoint (a training run's "
-                         "config.json or a model card), else the architecture's default")
+                         "config.json or a model card), else the fitted photo's 400")
     ap.add_argument("--roi-fn", default=None, metavar="MODULE:FUNCTION", help="a user ROI function")
     ap.add_argument("--student-use-teacher-mask", action="store_true",
                     help="students take the ROI from the teacher's mask (a diagnostic of the chain)")

@@ -216,6 +216,9 @@ def test_cli_takes_a_students_input_size_from_its_training_run(tmp_path, capsys)
     cfg = _cli_config("--localizer", f"hrnet_w18_small_v1={ckpt}", "--input-size", "hrnet_w18_small_v1=96",
                       "--localizer", f"pidnet_s={ckpt}")
     assert [m.input_size for m in cfg.localizers] == [96, None]
+    err = capsys.readouterr().err
+    assert "hrnet_w18_small_v1 runs at" not in err  # the explicit size is the user's own choice: no note
+    assert f"pidnet_s runs at the photo's own size (400): no run config.json or model card beside {ckpt}" in err
 
 
 def test_cli_takes_the_input_size_from_the_card_beside_the_checkpoint(tmp_path):
