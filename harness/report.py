@@ -1,5 +1,6 @@
-"""`python -m harness.report`: results → `reports/REPORT.md` and PNG plots. Pure formatting: the same results give
-byte-identical markdown.
+"""`python -m harness.report`: results → `reports/REPORT.md` and PNG plots.
+
+Pure formatting: the same results give byte-identical markdown.
 
 Reads, from one results folder (`reports/results/full` when the full sweep has run, else `reports/results/quick`):
     robustness/summary.json   figures per (model, ROI source) and the provenance of the evaluation
