@@ -59,3 +59,9 @@ def test_card_names_where_the_training_scenes_came_from(tmp_path, monkeypatch):
     (run / "config.json").write_text(json.dumps(config))
     card = load_card(export_run(run, "w18s", "student", tmp_path / "r.toml", root=tmp_path / "b") / "card.toml")
     assert card.training["data"] == "synth: 100000 scenes made on the fly (generator seed 4, tilt augmentation ±5.0°)"
+
+    config["data"].update(synth_same_source=0.4)
+    (run / "config.json").write_text(json.dumps(config))
+    card = load_card(export_run(run, "w18s", "student", tmp_path / "r.toml", root=tmp_path / "c") / "card.toml")
+    assert card.training["data"] == ("synth: 100000 scenes made on the fly (generator seed 4, 40% of backgrounds cut "
+                                     "from the label's own source image, tilt augmentation ±5.0°)")

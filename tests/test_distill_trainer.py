@@ -8,7 +8,7 @@ import torch
 
 from harness.distill.config import RecipeError, load_recipe, recipe_from_dict, with_seed
 from harness.distill.data import StepBatchSampler, TrainSamples, make_loader
-from harness.distill.trainer import lr_factor, train
+from harness.distill.trainer import default_train_scenes, lr_factor, train
 from tests.distill_world import BUILDERS, TinyNet, WIDTHS, save_teacher, tiny_recipe, tiny_scenes
 
 
@@ -95,12 +95,19 @@ def test_early_stopping_on_the_declared_metric(tmp_path):
     ({"optim": {"name": "adam"}}, r"optim\.name: 'adam' is not one of"),
     ({"optim": {"lrr": 0.1}}, r"optim\.lrr: unknown key"),
     ({"run": {"max_steps": "10"}}, r"run\.max_steps: expected int"),
+    ({"data": {"synth_same_source": 1.5}}, r"data\.synth_same_source: 1\.5 is not a share in \[0, 1\]"),
     ({"trainer": {}}, r"unknown table \[trainer\]"),
     ({"distiller": {"type": "ConfigurableDistiller"}}, r"\[distiller\] needs a \[teacher\]"),
 ])
 def test_recipe_errors_name_the_key(table, match):
     with pytest.raises(RecipeError, match=match):
         recipe_from_dict(table, "r.toml")
+
+
+def test_synth_scenes_take_the_recipes_share_of_same_source_scenes():
+    data = recipe_from_dict({"data": {"source": "synth", "synth_seed": 3, "synth_same_source": 0.4}}).data
+    assert default_train_scenes(data).cfg.same_source == 0.4
+    assert default_train_scenes(recipe_from_dict({"data": {"source": "synth"}}).data).cfg.same_source == 0.0
 
 
 def test_recipe_file_errors_name_the_file(tmp_path):

@@ -11,7 +11,8 @@ from PIL import Image, ImageDraw
 import harness.data.synth as synth
 from harness.data import dataset_hash, load_dataset
 from harness.data.__main__ import main as data_main
-from harness.data.synth import SynthConfig, generate, make_scene
+from harness.data.content import same_scene, source_images
+from harness.data.synth import SynthConfig, background_source, generate, make_scene, scene_sources
 
 
 REAL_WATERMARK = synth.watermark
@@ -124,6 +125,25 @@ def test_without_background_the_label_fills_the_frame():
     assert alone.set_kind == "random_nobg"
 
 
+def test_same_source_scenes_cut_their_background_from_the_labels_image():
+    world = SynthConfig(kind="random", n=40, seed=11)
+    hard = SynthConfig(kind="random", n=40, seed=11, same_source=0.5)
+    drawn = [i for i in range(40) if background_source(hard, i) is not None]
+    assert 10 <= len(drawn) <= 30  # Binomial(40, 0.5): outside this range about once in 600 seeds
+    assert all(background_source(world, i) is None for i in range(40))
+    same, free = drawn[0], next(i for i in range(40) if i not in drawn)
+    found = scene_sources(hard, same)
+    assert found.background == (found.label,) and found.same_scene
+    assert source_images()[background_source(hard, same)][0] == found.label
+    assert scene_sources(world, same).label == found.label  # the label's own stream is untouched
+    # Every other scene, and the label, secret and geometry of a drawn one, keep the pixels of the world's scene.
+    assert make_scene(hard, free).jpeg == make_scene(world, free).jpeg
+    chosen, plain = make_scene(hard, same), make_scene(world, same)
+    assert np.array_equal(chosen.mask, plain.mask) and np.array_equal(chosen.secret, plain.secret)
+    assert not np.array_equal(chosen.photo, plain.photo)
+    assert all(background_source(SynthConfig(n=8, seed=11, same_source=1.0), i) is not None for i in range(8))
+
+
 def test_synth_cli_generates_then_reuses(tmp_path: Path, capsys):
     out = tmp_path / "set"
     args = ["synth", "--kind", "fixed", "--background", "no", "--n", "2", "--seed", "3", "--out", str(out)]
@@ -136,6 +156,34 @@ def test_synth_cli_generates_then_reuses(tmp_path: Path, capsys):
     assert _file_hashes(out) == before
     assert data_main(args[:-4] + ["--seed", "4", "--out", str(out), "--force"]) == 0
     assert _file_hashes(out) != before and data_main(["check", str(out)]) == 0
+
+
+def test_synth_cli_records_the_share_of_same_source_scenes(tmp_path: Path):
+    out = tmp_path / "hard"
+    args = ["synth", "--kind", "random", "--n", "1", "--seed", "3", "--same-source", "0.25", "--out", str(out)]
+    assert data_main(args) == 0
+    assert '"same_source": 0.25' in (out / "synth.json").read_text()
+
+
+def test_sources_cli_names_each_scenes_images_in_manifest_order(tmp_path: Path, capsys):
+    out = tmp_path / "heldout"
+    assert data_main(["reference", "--n-marked", "3", "--n-clean", "1", "--seed", "5", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert data_main(["sources", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "sample_id,label_source,background_sources,same_scene"
+    assert [line.split(",")[0] for line in lines[1:]] == [s.id for s in load_dataset(out)]
+    cfg = SynthConfig(kind="random", n=3, seed=5, tilt_range=0.0)
+    found = scene_sources(cfg, 2)
+    assert lines[3] == f"marked/img_00002,{found.label},{' '.join(found.background)},{int(found.same_scene)}"
+    (out / "marked" / "synth.json").unlink()
+    assert data_main(["sources", str(out)]) == 2
+    assert "row 'marked/img_00000' was not made by the scene generator" in capsys.readouterr().err
+
+
+def test_a_stereo_pair_is_one_scene():
+    assert same_scene("motorcycle_left", "motorcycle_right") and same_scene("moon", "moon")
+    assert not same_scene("moon", "camera")
 
 
 def test_reference_cli_combines_watermarked_and_clean_halves(tmp_path: Path, capsys):
@@ -152,3 +200,5 @@ def test_reference_cli_combines_watermarked_and_clean_halves(tmp_path: Path, cap
 def test_bad_config_is_refused():
     with pytest.raises(ValueError, match="unknown scene kind 'mixed'"):
         SynthConfig(kind="mixed")
+    with pytest.raises(ValueError, match=r"same_source must lie in \[0, 1\], got 1.5"):
+        SynthConfig(same_source=1.5)

@@ -4,10 +4,13 @@ check: validates a dataset, decoding every photo, and prints a summary, or every
 synth: writes a synthetic set of the reference world (reused when the folder already holds the same set).
 reference: writes a reference evaluation set: watermarked scenes with random secrets plus clean scenes, no tilt of
 their own (the suites' sets are made the same way; the zoo's acceptance set is `--n-marked 200 --n-clean 50`).
+sources: prints, as CSV, the source images each scene of a generated set cut its label and background from, and
+whether the background continues the label's own scene (join it with an evaluation's records.csv on sample_id).
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import sys
 import time
 from collections import Counter
@@ -59,7 +62,7 @@ def synth(args: argparse.Namespace) -> int:
     from harness.data.synth import SynthConfig, generate, is_cached
 
     cfg = SynthConfig(kind=args.kind, background=args.background == "yes", n=args.n, seed=args.seed,
-                      tilt_range=args.tilt_range, key=args.key)
+                      tilt_range=args.tilt_range, key=args.key, same_source=args.same_source)
     if is_cached(cfg, args.out) and not args.force:
         print(f"{args.out}: already holds this set ({cfg.n} scenes), kept")
         return 0
@@ -89,6 +92,21 @@ def reference(args: argparse.Namespace) -> int:
     return 0
 
 
+def sources(root: Path) -> int:
+    from harness.data.synth import set_sources
+
+    try:
+        rows = set_sources(root)
+    except (DatasetError, ValueError) as error:
+        print(error, file=sys.stderr)
+        return EXIT_FAULTS
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(["sample_id", "label_source", "background_sources", "same_scene"])
+    for sample_id, found in rows:
+        writer.writerow([sample_id, found.label, " ".join(found.background), int(found.same_scene)])
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="python -m harness.data", description=__doc__.splitlines()[0])
     commands = root.add_subparsers(dest="command", required=True)
@@ -102,6 +120,9 @@ def parser() -> argparse.ArgumentParser:
     synth_cmd.add_argument("--out", type=Path, required=True)
     synth_cmd.add_argument("--tilt-range", type=float, default=5.0, help="tilt uniform in ±this many degrees")
     synth_cmd.add_argument("--key", type=int, default=0, help="codec key")
+    synth_cmd.add_argument("--same-source", type=float, default=0.0, metavar="SHARE",
+                           help="share of scenes whose background is cut from the label's own source image, the "
+                                "hard case for a localizer (default 0: the world as it comes)")
     synth_cmd.add_argument("--force", action="store_true", help="regenerate over an existing set")
     ref_cmd = commands.add_parser("reference", help="generate a reference evaluation set (watermarked + clean)")
     ref_cmd.add_argument("--n-marked", type=int, default=200)
@@ -110,6 +131,8 @@ def parser() -> argparse.ArgumentParser:
                          "(training sets use seeds below 1000)")
     ref_cmd.add_argument("--key", type=int, default=0, help="codec key")
     ref_cmd.add_argument("--out", type=Path, required=True)
+    sources_cmd = commands.add_parser("sources", help="print the source images of every scene of a generated set")
+    sources_cmd.add_argument("root", type=Path, metavar="DIR")
     return root
 
 
@@ -119,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         return check(args.root)
     if args.command == "reference":
         return reference(args)
+    if args.command == "sources":
+        return sources(args.root)
     return synth(args)
 
 

@@ -76,29 +76,55 @@ def procedural_texture(rng: np.random.Generator, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(grid, "RGB").resize((size, size), Image.Resampling.BICUBIC), np.float32)
 
 
-def _natural_crop(rng: np.random.Generator, size: int) -> np.ndarray:
-    sources = source_images()
-    _, image = sources[int(rng.integers(0, len(sources)))]
+def draw_source(rng: np.random.Generator) -> int:
+    """Index into `source_images()` of the next natural crop: the first draw a crop takes from its generator."""
+    return int(rng.integers(0, len(source_images())))
+
+
+def same_scene(first: str, second: str) -> bool:
+    """Whether two sources show one scene: the same image, or the stereo pair's two views of one motorcycle."""
+    return first.removesuffix("_left").removesuffix("_right") == second.removesuffix("_left").removesuffix("_right")
+
+
+def _natural_crop(rng: np.random.Generator, size: int, used: list[str] | None) -> np.ndarray:
+    return _crop_of(rng, draw_source(rng), size, used)
+
+
+def _crop_of(rng: np.random.Generator, source: int, size: int, used: list[str] | None) -> np.ndarray:
+    name, image = source_images()[source]
+    if used is not None:
+        used.append(name)
     return _to_rgb(rng, _random_crop(rng, image, size))
 
 
-def label_content(rng: np.random.Generator, size: int = 400) -> np.ndarray:
-    """A label host: uint8 size×size×3, a natural crop, a third of the time blended with a smooth texture."""
-    content = _natural_crop(rng, size)
+def label_content(rng: np.random.Generator, size: int = 400, used: list[str] | None = None) -> np.ndarray:
+    """A label host: uint8 size×size×3, a natural crop, a third of the time blended with a smooth texture.
+
+    `used`, when given, receives the name of the source image the crop was cut from.
+    """
+    content = _natural_crop(rng, size, used)
     if rng.random() < 1 / 3:
         alpha = rng.uniform(0.15, 0.45)
         content = (1 - alpha) * content + alpha * procedural_texture(rng, size)
     return np.clip(content + 0.5, 0, 255).astype(np.uint8)
 
 
-def background(rng: np.random.Generator, size: int = 400) -> np.ndarray:
-    """A scene background: uint8 size×size×3; mostly natural crops, sometimes a plain smooth texture or a blend."""
+def background(rng: np.random.Generator, size: int = 400, source: int | None = None,
+               used: list[str] | None = None) -> np.ndarray:
+    """A scene background: uint8 size×size×3; mostly natural crops, sometimes a plain smooth texture or a blend.
+
+    With `source` (an index into `source_images()`), a plain crop of that image: the scene a label cut from the same
+    image sits in, where only the watermark and the label's edge tell the two apart. `used`, when given, receives the
+    names of the source images the background was cut from (none for a plain texture, two for a blend).
+    """
+    if source is not None:
+        return np.clip(_crop_of(rng, source, size, used) + 0.5, 0, 255).astype(np.uint8)
     choice = rng.random()
     if choice < 0.15:
         content = procedural_texture(rng, size)
     elif choice < 0.35:
         alpha = rng.uniform(0.3, 0.7)
-        content = (1 - alpha) * _natural_crop(rng, size) + alpha * _natural_crop(rng, size)
+        content = (1 - alpha) * _natural_crop(rng, size, used) + alpha * _natural_crop(rng, size, used)
     else:
-        content = _natural_crop(rng, size)
+        content = _natural_crop(rng, size, used)
     return np.clip(content + 0.5, 0, 255).astype(np.uint8)

@@ -22,14 +22,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from harness.data.content import background, label_content
-from harness.data.manifest import SECRET_BITS, quad_to_str, secret_to_str, write_manifest
+from harness.data.content import background, draw_source, label_content, same_scene
+from harness.data.manifest import SECRET_BITS, load_dataset, quad_to_str, secret_to_str, write_manifest
 
 KINDS = ("clean", "fixed", "random")
 SYNTH_CONFIG_NAME = "synth.json"
 
 # Per-scene random streams (the second element of a scene's spawn key).
-_LABEL, _SECRET, _GEOMETRY, _BACKGROUND, _CAMERA = range(5)
+_LABEL, _SECRET, _GEOMETRY, _BACKGROUND, _CAMERA, _SAME_SOURCE = range(6)
 # Spawn key of the one secret a "fixed" set shares (a different key length from the per-scene keys).
 _FIXED_SECRET_KEY = (0x5EC2E7,)
 # Border of transparent pixels around the label before warping, wider than the bicubic kernel's reach, so the
@@ -53,6 +53,10 @@ class SynthConfig:
     blur_sigma: tuple[float, float] = (0.0, 1.0)  # Gaussian blur, pixels (below 0.2: none)
     noise_sigma: tuple[float, float] = (0.5, 4.0)  # Gaussian sensor noise, 8-bit levels
     jpeg_quality: tuple[int, int] = (75, 95)  # inclusive
+    # Share of scenes whose background is a crop of the image the label was cut from, on top of the ~1 in 10 that
+    # land so by chance. A localizer loses most of its bits on those scenes (its box runs on into the background), so
+    # a training set can hold more of them; evaluation sets keep 0, the world as it comes.
+    same_source: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -61,6 +65,8 @@ class SynthConfig:
             raise ValueError(f"n must be >= 0, got {self.n}")
         if self.tilt_range < 0:
             raise ValueError(f"tilt_range must be >= 0, got {self.tilt_range}")
+        if not 0.0 <= self.same_source <= 1.0:
+            raise ValueError(f"same_source must lie in [0, 1], got {self.same_source}")
         low, high = self.label_fraction
         if not 0 < low <= high < 1:
             raise ValueError(f"label_fraction must satisfy 0 < low <= high < 1, got {self.label_fraction}")
@@ -215,6 +221,39 @@ def make_label(cfg: SynthConfig, index: int, secret: np.ndarray | None) -> np.nd
     return label if secret is None else watermark(label, secret, cfg.key)
 
 
+def background_source(cfg: SynthConfig, index: int) -> int | None:
+    """The label's own source image when scene `index` is drawn as a same-source scene, else None (a free draw).
+
+    Its own stream, drawn only when `same_source` > 0, so every other scene, and every scene of a set without the
+    option, keeps its pixels.
+    """
+    if cfg.same_source <= 0.0 or scene_rng(cfg, index, _SAME_SOURCE).random() >= cfg.same_source:
+        return None
+    return draw_source(scene_rng(cfg, index, _LABEL))  # label_content's first draw: the label's source
+
+
+@dataclass(frozen=True)
+class SceneSources:
+    """The source images a scene's label and background were cut from (a texture background names none)."""
+
+    label: str
+    background: tuple[str, ...]
+
+    @property
+    def same_scene(self) -> bool:
+        """The background continues the label's own scene: the case localizers lose most of their bits on."""
+        return any(same_scene(self.label, name) for name in self.background)
+
+
+def scene_sources(cfg: SynthConfig, index: int) -> SceneSources:
+    """Where scene `index` cut its label and background from, replayed from their two streams alone."""
+    label, scenery = [], []
+    label_content(scene_rng(cfg, index, _LABEL), cfg.size, used=label)
+    if cfg.background:
+        background(scene_rng(cfg, index, _BACKGROUND), cfg.size, background_source(cfg, index), used=scenery)
+    return SceneSources(label[0], tuple(scenery))
+
+
 def make_scene(cfg: SynthConfig, index: int) -> Scene:
     """Scene `index` of the set described by `cfg` (a pure function of both)."""
     secret = scene_secret(cfg, index)
@@ -223,7 +262,8 @@ def make_scene(cfg: SynthConfig, index: int) -> Scene:
     if cfg.background:
         quad, tilt, fraction = label_quad(cfg, scene_rng(cfg, index, _GEOMETRY))
         colour, coverage = warp_label(label, quad, size)
-        scenery = background(scene_rng(cfg, index, _BACKGROUND), size).astype(np.float32)
+        scenery = background(scene_rng(cfg, index, _BACKGROUND), size, background_source(cfg, index))
+        scenery = scenery.astype(np.float32)
         alpha = coverage[..., None]
         photo = np.clip(np.rint(alpha * colour + (1.0 - alpha) * scenery), 0, 255).astype(np.uint8)
         mask = np.where(coverage * 255.0 > 127.0, 255, 0).astype(np.uint8)
@@ -235,6 +275,28 @@ def make_scene(cfg: SynthConfig, index: int) -> Scene:
     jpeg, quality = camera(photo, cfg, scene_rng(cfg, index, _CAMERA))
     decoded = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"))
     return Scene(decoded, mask, quad, secret, tilt, quality, fraction, jpeg)
+
+
+def set_sources(root: str | Path) -> list[tuple[str, SceneSources]]:
+    """(sample id, sources) for every row of the manifest at `root`, in its order.
+
+    `root` is a generator folder (it holds `synth.json`) or a set combining such folders as `reference_set` does (ids
+    prefixed by the folder's name); a row no generator record covers is an error naming it.
+    """
+    root = Path(root)
+    configs: dict[str, SynthConfig | None] = {}
+    sources = []
+    for row in load_dataset(root):
+        folder, _, name = row.id.rpartition("/")
+        if folder not in configs:
+            record = read_record(root / folder)
+            configs[folder] = None if record is None else SynthConfig.from_json(record["config"])
+        cfg = configs[folder]
+        if cfg is None or not name.startswith("img_") or not name[4:].isdigit():
+            raise ValueError(f"{root}: row {row.id!r} was not made by the scene generator (no {SYNTH_CONFIG_NAME} "
+                             f"in {root / folder} or an id other than img_NNNNN)")
+        sources.append((row.id, scene_sources(cfg, int(name[4:]))))
+    return sources
 
 
 # ---------------------------------------------------------------------------------------------- writing

@@ -63,6 +63,7 @@ class DataConfig:
     synth_seed: int = 0  # synth source: seed of the scene generator
     synth_kind: str = "random"  # synth source: "random" (a secret per scene), "fixed" or "clean"
     synth_background: bool = True
+    synth_same_source: float = 0.0  # synth source: share of scenes whose background is the label's own source image
     key: int = 0  # codec key of the scenes; the decode loss and validation use the SDecoder of this key
     image_size: int = 400  # photos are fitted to image_size² as decoder2 does (ImageOps.fit, LANCZOS)
     batch_size: int = 8  # per process
@@ -134,6 +135,7 @@ CHOICES = {
     ("validation", "bn_mode"): ("eval", "demo"),
     ("run", "device"): ("auto", "cpu", "cuda"),
 }
+SHARES = {("data", "synth_same_source")}  # values that are a share of something, in [0, 1]
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
@@ -166,6 +168,8 @@ def _build_section(cls: type, table: Any, source: str, section: str) -> Any:
         choices = CHOICES.get((section, key))
         if choices and values[key] not in choices:
             raise RecipeError(f"{where}.{key}: {values[key]!r} is not one of {choices}")
+        if (section, key) in SHARES and not 0.0 <= values[key] <= 1.0:
+            raise RecipeError(f"{where}.{key}: {values[key]!r} is not a share in [0, 1]")
     return cls(**values)
 
 

@@ -64,7 +64,9 @@ def _data_line(data: dict) -> str:
     generator record (`synth.json`) when the folder was made by `python -m harness.data synth`."""
     tilt = f"tilt augmentation ±{data['tilt_deg']}°"
     if data["source"] == "synth":
-        return f"synth: {data['synth_size']} scenes made on the fly (generator seed {data['synth_seed']}, {tilt})"
+        same = data.get("synth_same_source", 0.0)
+        hard = f", {same:.0%} of backgrounds cut from the label's own source image" if same else ""
+        return f"synth: {data['synth_size']} scenes made on the fly (generator seed {data['synth_seed']}{hard}, {tilt})"
     record = read_record(data["root"])
     if record is not None:
         made = record["config"]

@@ -56,7 +56,8 @@ def default_sdecoder(key: int) -> nn.Module:
 def default_train_scenes(cfg: DataConfig) -> SceneSource:
     if cfg.source == "folder":
         return FolderScenes(cfg.root)
-    return SynthScenes(cfg.synth_size, cfg.synth_seed, cfg.synth_kind, cfg.synth_background, cfg.key, cfg.tilt_deg)
+    return SynthScenes(cfg.synth_size, cfg.synth_seed, cfg.synth_kind, cfg.synth_background, cfg.key, cfg.tilt_deg,
+                       cfg.synth_same_source)
 
 
 def default_val_set(cfg: ValidationConfig, data: DataConfig, run_dir: Path) -> Path:
