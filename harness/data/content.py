@@ -118,9 +118,8 @@ def background(rng: np.random.Generator, size: int = 400, source: int | None = N
     names of the source images the background was cut from (none for a plain texture, two for a blend).
     """
     if source is not None:
-        return np.clip(_crop_of(rng, source, size, used) + 0.5, 0, 255).astype(np.uint8)
-    choice = rng.random()
-    if choice < 0.15:
+        content = _crop_of(rng, source, size, used)
+    elif (choice := rng.random()) < 0.15:  # drawn only for a free background, so a forced one leaves it untaken
         content = procedural_texture(rng, size)
     elif choice < 0.35:
         alpha = rng.uniform(0.3, 0.7)
