@@ -98,8 +98,8 @@ def main_table(results: Results) -> str:
     # @400 compares architectures on the photo's side; @input is what the localizer spends at its own input size,
     # which differs between models (a teacher may read at 160 and its students at 128)
     headers = ["model", "role", "arch", "input", "params (M)", "tensors", "GMACs@400", "GFLOPs@400 (2×MACs)",
-               "GMACs@input", "fp32 MiB", "latency p50 / p95 ms", "bit acc % (student/teacher)", "−5°~5° (min–max) %",
-               "word acc %", "TPR@FPR 1e-3 %", "mean IoU"]
+               "GMACs@input", "fp32 MiB", "latency p50 / p95 ms", "bit acc % (student/teacher)",
+               "−5°~5° (min–max) %", "word acc %", "TPR@FPR 1e-3 %", "mean IoU"]
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
 
 
