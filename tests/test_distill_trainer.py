@@ -73,6 +73,18 @@ def test_resume_refuses_a_changed_recipe(tmp_path):
         _run(tiny_recipe(max_steps=2, optim={"lr": 0.5}), tmp_path / "run", resume=True)
 
 
+def test_resume_reads_a_run_saved_before_a_recipe_field_existed(tmp_path):
+    """A field added since the run was saved is absent from its config: the run used the field's default."""
+    run = tmp_path / "run"
+    _run(tiny_recipe(max_steps=2), run, until_step=1)
+    last = torch.load(run / "last.pt", weights_only=True)
+    del last["config"]["data"]["synth_in_place"]
+    torch.save(last, run / "last.pt")
+    assert _run(tiny_recipe(max_steps=2), run, resume=True).step == 2
+    with pytest.raises(RecipeError, match=r"data\.synth_in_place"):  # but a non-default value is a change
+        _run(tiny_recipe(max_steps=3, data={"synth_in_place": 0.2}), run, resume=True)
+
+
 def test_a_seed_override_is_recorded_and_changes_the_run(tmp_path):
     base = tiny_recipe(max_steps=2)
     _run(base, tmp_path / "s0")
@@ -108,6 +120,8 @@ def test_synth_scenes_take_the_recipes_share_of_same_source_scenes():
     data = recipe_from_dict({"data": {"source": "synth", "synth_seed": 3, "synth_same_source": 0.4}}).data
     assert default_train_scenes(data).cfg.same_source == 0.4
     assert default_train_scenes(recipe_from_dict({"data": {"source": "synth"}}).data).cfg.same_source == 0.0
+    data = recipe_from_dict({"data": {"source": "synth", "synth_in_place": 0.25}}).data
+    assert default_train_scenes(data).cfg.in_place == 0.25
 
 
 def test_recipe_file_errors_name_the_file(tmp_path):

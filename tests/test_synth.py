@@ -7,12 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
+from scipy import ndimage
 
 import harness.data.synth as synth
 from harness.data import dataset_hash, load_dataset
 from harness.data.__main__ import main as data_main
 from harness.data.content import same_scene, source_images
-from harness.data.synth import SynthConfig, background_source, generate, make_scene, scene_sources
+from harness.data.synth import (IN_PLACE, SynthConfig, background_source, generate, is_in_place, make_scene,
+                                scene_sources)
 
 
 REAL_WATERMARK = synth.watermark
@@ -144,6 +146,47 @@ def test_same_source_scenes_cut_their_background_from_the_labels_image():
     assert all(background_source(SynthConfig(n=8, seed=11, same_source=1.0), i) is not None for i in range(8))
 
 
+def test_in_place_scenes_carry_the_watermark_alone(monkeypatch):
+    """The label is the background's own pixels: with the camera off, a scene watermarked in place differs from its
+    background only under the mask, and the region reads its secret through the ground-truth box."""
+    import torch
+
+    from harness.codec import ReferenceSDecoder
+    from harness.codec.bench import scene_roi
+
+    world = SynthConfig(kind="random", n=40, seed=12)
+    hard = SynthConfig(kind="random", n=40, seed=12, in_place=0.5)
+    drawn = [i for i in range(40) if is_in_place(hard, i)]
+    assert 10 <= len(drawn) <= 30  # Binomial(40, 0.5): outside this range about once in 600 seeds
+    free = next(i for i in range(40) if i not in drawn)
+    assert make_scene(hard, free).jpeg == make_scene(world, free).jpeg  # other scenes keep their pixels
+    assert not any(is_in_place(SynthConfig(kind="clean", n=40, seed=12, in_place=1.0), i) for i in range(40))
+    found = scene_sources(hard, drawn[0])
+    assert found.label == IN_PLACE and found.same_scene and found.background == scene_sources(world, drawn[0]).background
+
+    monkeypatch.setattr(synth, "camera", lambda photo, cfg, rng: (_png_bytes(photo), 100))
+    monkeypatch.setattr(synth, "watermark", REAL_WATERMARK)
+    decode = torch.no_grad()(ReferenceSDecoder(key=0))
+    for index in drawn[:2]:
+        scene = make_scene(hard, index)
+        scenery = synth.background(synth.scene_rng(hard, index, synth._BACKGROUND), hard.size)
+        changed = np.abs(scene.photo.astype(int) - scenery.astype(int)).max(axis=2) > 0
+        near_label = ndimage.binary_dilation(scene.mask > 0, iterations=2)  # the mask leaves out the soft edge
+        assert changed[scene.mask > 0].mean() > 0.5 and not (changed & ~near_label).any()  # nothing moved outside
+        change = (scene.photo.astype(float) - scenery)[scene.mask > 0]
+        assert np.sqrt((change**2).mean()) < 8  # a watermark (34 dB on the label), not a new picture
+        roi = scene_roi(Image.fromarray(scene.photo), scene.mask > 0, 0.0)
+        assert float(((decode(roi)[0] > 0).numpy() == scene.secret).mean()) >= 0.9
+
+
+def _png_bytes(photo: np.ndarray) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(photo).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def test_synth_cli_generates_then_reuses(tmp_path: Path, capsys):
     out = tmp_path / "set"
     args = ["synth", "--kind", "fixed", "--background", "no", "--n", "2", "--seed", "3", "--out", str(out)]
@@ -163,6 +206,8 @@ def test_synth_cli_records_the_share_of_same_source_scenes(tmp_path: Path):
     args = ["synth", "--kind", "random", "--n", "1", "--seed", "3", "--same-source", "0.25", "--out", str(out)]
     assert data_main(args) == 0
     assert '"same_source": 0.25' in (out / "synth.json").read_text()
+    assert data_main(args[:-2] + ["--in-place", "0.5", "--out", str(tmp_path / "in_place")]) == 0
+    assert '"in_place": 0.5' in (tmp_path / "in_place" / "synth.json").read_text()
 
 
 def test_sources_cli_names_each_scenes_images_in_manifest_order(tmp_path: Path, capsys):
@@ -202,3 +247,5 @@ def test_bad_config_is_refused():
         SynthConfig(kind="mixed")
     with pytest.raises(ValueError, match=r"same_source must lie in \[0, 1\], got 1.5"):
         SynthConfig(same_source=1.5)
+    with pytest.raises(ValueError, match=r"in_place must lie in \[0, 1\], got -0.1"):
+        SynthConfig(in_place=-0.1)

@@ -62,7 +62,8 @@ def synth(args: argparse.Namespace) -> int:
     from harness.data.synth import SynthConfig, generate, is_cached
 
     cfg = SynthConfig(kind=args.kind, background=args.background == "yes", n=args.n, seed=args.seed,
-                      tilt_range=args.tilt_range, key=args.key, same_source=args.same_source)
+                      tilt_range=args.tilt_range, key=args.key, same_source=args.same_source,
+                      in_place=args.in_place)
     if is_cached(cfg, args.out) and not args.force:
         print(f"{args.out}: already holds this set ({cfg.n} scenes), kept")
         return 0
@@ -123,6 +124,9 @@ def parser() -> argparse.ArgumentParser:
     synth_cmd.add_argument("--same-source", type=float, default=0.0, metavar="SHARE",
                            help="share of scenes whose background is cut from the label's own source image, the "
                                 "hard case for a localizer (default 0: the world as it comes)")
+    synth_cmd.add_argument("--in-place", type=float, default=0.0, metavar="SHARE",
+                           help="share of watermarked scenes whose label is the background's own pixels, "
+                                "watermarked where they lie: no seam, the watermark the only cue (default 0)")
     synth_cmd.add_argument("--force", action="store_true", help="regenerate over an existing set")
     ref_cmd = commands.add_parser("reference", help="generate a reference evaluation set (watermarked + clean)")
     ref_cmd.add_argument("--n-marked", type=int, default=200)

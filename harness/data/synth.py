@@ -27,9 +27,10 @@ from harness.data.manifest import SECRET_BITS, load_dataset, quad_to_str, secret
 
 KINDS = ("clean", "fixed", "random")
 SYNTH_CONFIG_NAME = "synth.json"
+IN_PLACE = "in_place"  # the label source named for a scene watermarked in place
 
 # Per-scene random streams (the second element of a scene's spawn key).
-_LABEL, _SECRET, _GEOMETRY, _BACKGROUND, _CAMERA, _SAME_SOURCE = range(6)
+_LABEL, _SECRET, _GEOMETRY, _BACKGROUND, _CAMERA, _SAME_SOURCE, _IN_PLACE = range(7)
 # Spawn key of the one secret a "fixed" set shares (a different key length from the per-scene keys).
 _FIXED_SECRET_KEY = (0x5EC2E7,)
 # Border of transparent pixels around the label before warping, wider than the bicubic kernel's reach, so the
@@ -57,6 +58,11 @@ class SynthConfig:
     # land so by chance. A localizer loses most of its bits on those scenes (its box runs on into the background), so
     # a training set can hold more of them; evaluation sets keep 0, the world as it comes.
     same_source: float = 0.0
+    # Share of watermarked scenes whose label is the background's own pixels under the quad, watermarked where they
+    # lie: no seam and no change of content, so the watermark is the only cue. A localizer that finds labels by their
+    # edges alone (the reference teacher's masks did not change when the watermark was removed) must learn to see
+    # the watermark on these. Evaluation sets keep 0.
+    in_place: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -65,8 +71,9 @@ class SynthConfig:
             raise ValueError(f"n must be >= 0, got {self.n}")
         if self.tilt_range < 0:
             raise ValueError(f"tilt_range must be >= 0, got {self.tilt_range}")
-        if not 0.0 <= self.same_source <= 1.0:
-            raise ValueError(f"same_source must lie in [0, 1], got {self.same_source}")
+        for name in ("same_source", "in_place"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
         low, high = self.label_fraction
         if not 0 < low <= high < 1:
             raise ValueError(f"label_fraction must satisfy 0 < low <= high < 1, got {self.label_fraction}")
@@ -187,6 +194,14 @@ def warp_label(label: np.ndarray, quad: np.ndarray, size: int) -> tuple[np.ndarr
     return colour, np.clip(coverage, 0.0, 1.0)
 
 
+def unwarp_region(scenery: np.ndarray, quad: np.ndarray, side: int) -> np.ndarray:
+    """The scenery under `quad`, brought into a side×side label's frame (the inverse of `warp_label`'s placement)."""
+    corners = np.array([[0, 0], [side, 0], [side, side], [0, side]], dtype=np.float64)
+    data = perspective_coefficients(corners, quad)
+    return np.asarray(Image.fromarray(scenery).transform((side, side), Image.Transform.PERSPECTIVE, data,
+                                                         Image.Resampling.BICUBIC))
+
+
 # ---------------------------------------------------------------------------------------------- camera
 
 
@@ -221,6 +236,15 @@ def make_label(cfg: SynthConfig, index: int, secret: np.ndarray | None) -> np.nd
     return label if secret is None else watermark(label, secret, cfg.key)
 
 
+def is_in_place(cfg: SynthConfig, index: int) -> bool:
+    """Whether scene `index` is watermarked in place (see `SynthConfig.in_place`; a clean set has none).
+
+    Its own stream, drawn only when `in_place` > 0, so every scene of a set without the option keeps its pixels.
+    """
+    return (cfg.kind != "clean" and cfg.background and cfg.in_place > 0.0
+            and scene_rng(cfg, index, _IN_PLACE).random() < cfg.in_place)
+
+
 def background_source(cfg: SynthConfig, index: int) -> int | None:
     """The label's own source image when scene `index` is drawn as a same-source scene, else None (a free draw).
 
@@ -236,45 +260,69 @@ def background_source(cfg: SynthConfig, index: int) -> int | None:
 class SceneSources:
     """The source images a scene's label and background were cut from (a texture background names none)."""
 
-    label: str
+    label: str  # IN_PLACE when the label is the background's own pixels, watermarked where they lie
     background: tuple[str, ...]
 
     @property
     def same_scene(self) -> bool:
         """The background continues the label's own scene: the case localizers lose most of their bits on."""
-        return any(same_scene(self.label, name) for name in self.background)
+        return self.label == IN_PLACE or any(same_scene(self.label, name) for name in self.background)
 
 
 def scene_sources(cfg: SynthConfig, index: int) -> SceneSources:
     """Where scene `index` cut its label and background from, replayed from their two streams alone."""
     label, scenery = [], []
-    label_content(scene_rng(cfg, index, _LABEL), cfg.size, used=label)
     if cfg.background:
         background(scene_rng(cfg, index, _BACKGROUND), cfg.size, background_source(cfg, index), used=scenery)
+    if is_in_place(cfg, index):
+        return SceneSources(IN_PLACE, tuple(scenery))
+    label_content(scene_rng(cfg, index, _LABEL), cfg.size, used=label)
     return SceneSources(label[0], tuple(scenery))
 
 
 def make_scene(cfg: SynthConfig, index: int) -> Scene:
     """Scene `index` of the set described by `cfg` (a pure function of both)."""
     secret = scene_secret(cfg, index)
-    label = make_label(cfg, index, secret)
     size = cfg.size
     if cfg.background:
         quad, tilt, fraction = label_quad(cfg, scene_rng(cfg, index, _GEOMETRY))
-        colour, coverage = warp_label(label, quad, size)
         scenery = background(scene_rng(cfg, index, _BACKGROUND), size, background_source(cfg, index))
-        scenery = scenery.astype(np.float32)
-        alpha = coverage[..., None]
-        photo = np.clip(np.rint(alpha * colour + (1.0 - alpha) * scenery), 0, 255).astype(np.uint8)
+        if is_in_place(cfg, index):
+            photo, coverage = watermark_in_place(scenery, quad, secret, cfg.key)
+        else:
+            photo, coverage = paste_label(scenery, make_label(cfg, index, secret), quad)
         mask = np.where(coverage * 255.0 > 127.0, 255, 0).astype(np.uint8)
     else:
         quad = np.array([[0, 0], [size, 0], [size, size], [0, size]], dtype=np.float64)
         tilt, fraction = 0.0, 1.0
-        photo = label
+        photo = make_label(cfg, index, secret)
         mask = np.full((size, size), 255, np.uint8)
     jpeg, quality = camera(photo, cfg, scene_rng(cfg, index, _CAMERA))
     decoded = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"))
     return Scene(decoded, mask, quad, secret, tilt, quality, fraction, jpeg)
+
+
+def paste_label(scenery: np.ndarray, label: np.ndarray, quad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The photo with the label warped onto `quad` over the scenery, and the label's soft coverage."""
+    colour, coverage = warp_label(label, quad, scenery.shape[0])
+    alpha = coverage[..., None]
+    photo = alpha * colour + (1.0 - alpha) * scenery.astype(np.float32)
+    return np.clip(np.rint(photo), 0, 255).astype(np.uint8), coverage
+
+
+def watermark_in_place(scenery: np.ndarray, quad: np.ndarray, secret: np.ndarray, key: int
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """The photo with the scenery under `quad` watermarked where it lies, and the region's soft coverage.
+
+    The region is brought into a label's frame, watermarked there as any label is, and only the change is warped
+    back: the plain and the watermarked label go through the same warp, so their difference is the watermark alone.
+    """
+    size = scenery.shape[0]
+    plain = unwarp_region(scenery, quad, size)
+    marked, coverage = warp_label(watermark(plain, secret, key), quad, size)
+    unmarked, _ = warp_label(plain, quad, size)
+    photo = scenery.astype(np.float32) + coverage[..., None] * (marked - unmarked)
+    return np.clip(np.rint(photo), 0, 255).astype(np.uint8), coverage
 
 
 def set_sources(root: str | Path) -> list[tuple[str, SceneSources]]:

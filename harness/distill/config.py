@@ -64,6 +64,7 @@ class DataConfig:
     synth_kind: str = "random"  # synth source: "random" (a secret per scene), "fixed" or "clean"
     synth_background: bool = True
     synth_same_source: float = 0.0  # synth source: share of scenes whose background is the label's own source image
+    synth_in_place: float = 0.0  # synth source: share of scenes watermarked in place (no seam: the watermark alone)
     key: int = 0  # codec key of the scenes; the decode loss and validation use the SDecoder of this key
     image_size: int = 400  # photos are fitted to image_size² as decoder2 does (ImageOps.fit, LANCZOS)
     batch_size: int = 8  # per process
@@ -135,7 +136,7 @@ CHOICES = {
     ("validation", "bn_mode"): ("eval", "demo"),
     ("run", "device"): ("auto", "cpu", "cuda"),
 }
-SHARES = {("data", "synth_same_source")}  # values that are a share of something, in [0, 1]
+SHARES = {("data", "synth_same_source"), ("data", "synth_in_place")}  # values that are a share of something, in [0, 1]
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:

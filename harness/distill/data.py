@@ -66,11 +66,11 @@ class SynthScenes:
     """Scenes made on the fly by `harness.data.synth.make_scene(cfg, index)`, a pure function of its arguments."""
 
     def __init__(self, n: int, seed: int, kind: str = "random", background: bool = True, key: int = 0,
-                 tilt_range: float = 5.0, same_source: float = 0.0):
+                 tilt_range: float = 5.0, same_source: float = 0.0, in_place: float = 0.0):
         from harness.data.synth import SynthConfig
 
         self.cfg = SynthConfig(kind=kind, background=background, n=n, seed=seed, tilt_range=tilt_range, key=key,
-                               same_source=same_source)
+                               same_source=same_source, in_place=in_place)
 
     def __len__(self) -> int:
         return self.cfg.n

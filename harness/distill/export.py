@@ -65,7 +65,9 @@ def _data_line(data: dict) -> str:
     tilt = f"tilt augmentation ±{data['tilt_deg']}°"
     if data["source"] == "synth":
         same = data.get("synth_same_source", 0.0)
+        in_place = data.get("synth_in_place", 0.0)
         hard = f", {same:.0%} of backgrounds cut from the label's own source image" if same else ""
+        hard += f", {in_place:.0%} watermarked in place" if in_place else ""
         return f"synth: {data['synth_size']} scenes made on the fly (generator seed {data['synth_seed']}{hard}, {tilt})"
     record = read_record(data["root"])
     if record is not None:

@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from harness.distill.checkpoint import (atomic_save, fp32_state_dict, load_last, rng_state, set_rng_state,
                                         write_json)
-from harness.distill.config import DataConfig, Recipe, RecipeError, ValidationConfig
+from harness.distill.config import DataConfig, Recipe, RecipeError, ValidationConfig, recipe_from_dict
 from harness.distill.data import FolderScenes, SceneSource, StepBatchSampler, SynthScenes, TrainSamples, make_loader
 from harness.distill.losses import DecodeLoss, MaskLoss
 from harness.distill.validate import ModelSpec, Validator, synth_validation_set
@@ -57,7 +57,7 @@ def default_train_scenes(cfg: DataConfig) -> SceneSource:
     if cfg.source == "folder":
         return FolderScenes(cfg.root)
     return SynthScenes(cfg.synth_size, cfg.synth_seed, cfg.synth_kind, cfg.synth_background, cfg.key, cfg.tilt_deg,
-                       cfg.synth_same_source)
+                       cfg.synth_same_source, cfg.synth_in_place)
 
 
 def default_val_set(cfg: ValidationConfig, data: DataConfig, run_dir: Path) -> Path:
@@ -289,7 +289,9 @@ class Trainer:
             print(f"{path} does not exist yet: starting a new run")
             return
         saved = load_last(path)
-        differences = [k for k in _config_differences(saved["config"], self.recipe.to_dict())
+        # Read back through the recipe schema: a run saved before a field existed ran with its default.
+        saved_config = recipe_from_dict(saved["config"], str(path)).to_dict()
+        differences = [k for k in _config_differences(saved_config, self.recipe.to_dict())
                        if k not in RESUMABLE_CHANGES]
         if differences:
             raise RecipeError(f"{path}: the recipe differs from the run's saved config at {', '.join(differences)}; "
