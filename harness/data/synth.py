@@ -60,7 +60,7 @@ class SynthConfig:
     same_source: float = 0.0
     # Share of watermarked scenes whose label is the background's own pixels under the quad, watermarked where they
     # lie: no seam and no change of content, so the watermark is the only cue. A localizer that finds labels by their
-    # edges alone (the reference teacher's masks did not change when the watermark was removed) must learn to see
+    # edges alone (the reference teacher's masks hardly changed when the watermark was removed) must learn to see
     # the watermark on these. Evaluation sets keep 0.
     in_place: float = 0.0
 
