@@ -169,7 +169,8 @@ def _tilt_table(p: Paired) -> str:
 
 def _moved_table(p: Paired, top: int) -> str:
     moved = p.per_photo.reindex(p.per_photo["d"].abs().sort_values(ascending=False, kind="stable").index).head(top)
-    rows = [[sid, f"{r.a:.1f}", f"{r.b:.1f}", f"{r.d:+.1f}", _iou(r.iou_a), _iou(r.iou_b)] for sid, r in moved.iterrows()]
+    rows = [[sid, f"{r.a:.1f}", f"{r.b:.1f}", f"{r.d:+.1f}", _iou(r.iou_a), _iou(r.iou_b)]
+            for sid, r in moved.iterrows()]
     return (f"Photos that moved most (mean over tilts):\n\n"
             + tabulate(rows, headers=["photo", "A %", "B %", "B − A", "IoU A", "IoU B"], tablefmt="github",
                        disable_numparse=True))

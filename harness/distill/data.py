@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Iterator, Protocol, Sequence
+from typing import TYPE_CHECKING, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -20,6 +20,9 @@ from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from harness.geometry import rotate_tensor
+
+if TYPE_CHECKING:
+    from harness.data.synth import SynthConfig
 
 SECRET_BITS = 100
 
@@ -65,12 +68,8 @@ class FolderScenes:
 class SynthScenes:
     """Scenes made on the fly by `harness.data.synth.make_scene(cfg, index)`, a pure function of its arguments."""
 
-    def __init__(self, n: int, seed: int, kind: str = "random", background: bool = True, key: int = 0,
-                 tilt_range: float = 5.0, same_source: float = 0.0, in_place: float = 0.0):
-        from harness.data.synth import SynthConfig
-
-        self.cfg = SynthConfig(kind=kind, background=background, n=n, seed=seed, tilt_range=tilt_range, key=key,
-                               same_source=same_source, in_place=in_place)
+    def __init__(self, cfg: SynthConfig):
+        self.cfg = cfg
 
     def __len__(self) -> int:
         return self.cfg.n

@@ -56,8 +56,11 @@ def default_sdecoder(key: int) -> nn.Module:
 def default_train_scenes(cfg: DataConfig) -> SceneSource:
     if cfg.source == "folder":
         return FolderScenes(cfg.root)
-    return SynthScenes(cfg.synth_size, cfg.synth_seed, cfg.synth_kind, cfg.synth_background, cfg.key, cfg.tilt_deg,
-                       cfg.synth_same_source, cfg.synth_in_place)
+    from harness.data.synth import SynthConfig
+
+    return SynthScenes(SynthConfig(kind=cfg.synth_kind, background=cfg.synth_background, n=cfg.synth_size,
+                                   seed=cfg.synth_seed, tilt_range=cfg.tilt_deg, key=cfg.key,
+                                   same_source=cfg.synth_same_source, in_place=cfg.synth_in_place))
 
 
 def default_val_set(cfg: ValidationConfig, data: DataConfig, run_dir: Path) -> Path:
