@@ -65,3 +65,21 @@ def test_card_names_where_the_training_scenes_came_from(tmp_path, monkeypatch):
     card = load_card(export_run(run, "w18s", "student", tmp_path / "r.toml", root=tmp_path / "c") / "card.toml")
     assert card.training["data"] == ("synth: 100000 scenes made on the fly (generator seed 4, 40% of backgrounds cut "
                                      "from the label's own source image, tilt augmentation ±5.0°)")
+
+
+def test_card_of_a_mined_set_names_its_source_and_the_mining(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from harness.data.hard import HardSetConfig, hard_set
+    from harness.data.synth import SynthConfig, generate
+
+    monkeypatch.chdir(tmp_path)
+    pool = generate(SynthConfig(kind="random", n=2, seed=7, same_source=0.5), tmp_path / "data" / "pool")
+    records = pd.DataFrame([{"model": "t", "roi_source": "predicted", "watermarked": 1, "sample_id": "img_00001",
+                             "iou": 0.3}])
+    hard_set(pool, records, HardSetConfig(model="t", repeat=3), tmp_path / "data" / "train")
+    run, _ = _fake_run(tmp_path)
+    card = load_card(export_run(run, "w18s", "student", tmp_path / "r.toml", root=tmp_path / "a") / "card.toml")
+    assert card.training["data"] == ("folder:data/train (2 scenes, generator seed 7, 50% same-source; the 1 whose "
+                                     "mean mask IoU under t was below 0.85 repeated 3 more times; tilt augmentation "
+                                     "±5.0°)")

@@ -6,6 +6,7 @@ reference: writes a reference evaluation set: watermarked scenes with random sec
 their own (the suites' sets are made the same way; the zoo's acceptance set is `--n-marked 200 --n-clean 50`).
 sources: prints, as CSV, the source images each scene of a generated set cut its label and background from, and
 whether the background continues the label's own scene (join it with an evaluation's records.csv on sample_id).
+hard: writes a training set that repeats the scenes of a generated set a localizer got wrong (harness.data.hard).
 """
 from __future__ import annotations
 
@@ -108,6 +109,22 @@ def sources(root: Path) -> int:
     return 0
 
 
+def hard(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from harness.data.hard import HardSetConfig, hard_set
+
+    try:
+        cfg = HardSetConfig(model=args.model, iou_below=args.iou_below, repeat=args.repeat)
+        ids = hard_set(args.root, pd.read_csv(args.records), cfg, args.out)
+    except (DatasetError, ValueError, OSError) as error:
+        print(f"harness.data hard: {error}", file=sys.stderr)
+        return EXIT_FAULTS
+    print(f"{args.out}: {len(ids)} hard scenes of {args.root} (mean IoU of {cfg.model} below {cfg.iou_below}) "
+          f"written {cfg.repeat + 1} times each, the other scenes once")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="python -m harness.data", description=__doc__.splitlines()[0])
     commands = root.add_subparsers(dest="command", required=True)
@@ -137,6 +154,13 @@ def parser() -> argparse.ArgumentParser:
     ref_cmd.add_argument("--out", type=Path, required=True)
     sources_cmd = commands.add_parser("sources", help="print the source images of every scene of a generated set")
     sources_cmd.add_argument("root", type=Path, metavar="DIR")
+    hard_cmd = commands.add_parser("hard", help="write a training set that repeats the scenes a localizer got wrong")
+    hard_cmd.add_argument("root", type=Path, metavar="DIR", help="a generated set")
+    hard_cmd.add_argument("--records", type=Path, required=True, help="records.csv of an evaluation of DIR")
+    hard_cmd.add_argument("--model", required=True, help="the localizer's label in the records")
+    hard_cmd.add_argument("--iou-below", type=float, default=0.85, help="hard: mean mask IoU over tilts below this")
+    hard_cmd.add_argument("--repeat", type=int, default=4, help="extra copies of each hard scene")
+    hard_cmd.add_argument("--out", type=Path, required=True)
     return root
 
 
@@ -148,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         return reference(args)
     if args.command == "sources":
         return sources(args.root)
+    if args.command == "hard":
+        return hard(args)
     return synth(args)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from harness.data.hard import read_hard_record
 from harness.data.synth import read_record
 from harness.zoo import build_localizer, load_checkpoint, sha256_file
 
@@ -60,8 +61,9 @@ def _training(config: dict, log: list[dict]) -> dict:
 
 
 def _data_line(data: dict) -> str:
-    """Where the training scenes came from: the generator's seed for made-on-the-fly scenes, or the folder's own
-    generator record (`synth.json`) when the folder was made by `python -m harness.data synth`."""
+    """Where the training scenes came from: the generator's seed for made-on-the-fly scenes, the folder's own
+    generator record (`synth.json`) when the folder was made by `python -m harness.data synth`, or the source set's
+    record and the mining when it was made by `python -m harness.data hard`."""
     tilt = f"tilt augmentation ±{data['tilt_deg']}°"
     if data["source"] == "synth":
         same = data.get("synth_same_source", 0.0)
@@ -69,6 +71,13 @@ def _data_line(data: dict) -> str:
         hard = f", {same:.0%} of backgrounds cut from the label's own source image" if same else ""
         hard += f", {in_place:.0%} watermarked in place" if in_place else ""
         return f"synth: {data['synth_size']} scenes made on the fly (generator seed {data['synth_seed']}{hard}, {tilt})"
+    mined = read_hard_record(data["root"])
+    if mined is not None and mined["source_synth"] is not None:
+        made, cfg = mined["source_synth"]["config"], mined["config"]
+        same = f", {made['same_source']:.0%} same-source" if made.get("same_source") else ""
+        return (f"folder:{data['root']} ({made['n']} scenes, generator seed {made['seed']}{same}; the "
+                f"{len(mined['hard_ids'])} whose mean mask IoU under {cfg['model']} was below {cfg['iou_below']} "
+                f"repeated {cfg['repeat']} more times; {tilt})")
     record = read_record(data["root"])
     if record is not None:
         made = record["config"]
