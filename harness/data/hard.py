@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.data.manifest import MANIFEST_NAME, load_dataset, quad_to_str, secret_to_str, write_manifest
+from harness.data.manifest import MANIFEST_NAME, load_dataset, manifest_rows, write_manifest
 from harness.data.synth import read_record
 
 HARD_RECORD_NAME = "hard.json"
@@ -60,34 +60,28 @@ def _link(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
-def _row(sample, sample_id: str) -> dict[str, str]:
-    return {"id": sample_id, "file": sample.file, "secret": secret_to_str(sample.secret),
-            "mask_file": sample.mask_file or "", "quad": quad_to_str(sample.quad),
-            "tilt_deg": "" if sample.tilt_deg is None else f"{sample.tilt_deg:.2f}", "kind": sample.kind}
-
-
 def hard_set(source: str | Path, records: pd.DataFrame, cfg: HardSetConfig, out: str | Path) -> list[str]:
     """Write the mined set to `out` (which must not hold a manifest yet); returns the hard sample ids."""
     source, out = Path(source), Path(out)
     if (out / MANIFEST_NAME).exists():
         raise FileExistsError(f"{out} already holds a {MANIFEST_NAME}; choose another folder")
-    dataset = load_dataset(source)
-    hard = hard_ids(records, cfg)
-    missing = sorted(set(hard) - {sample.id for sample in dataset})
+    dataset = load_dataset(source)  # validated before anything is written
+    hard = set(hard_ids(records, cfg))
+    missing = sorted(hard - {sample.id for sample in dataset})
     if missing:
         raise ValueError(f"records name {len(missing)} sample(s) that {source} does not hold, e.g. {missing[0]!r}: "
                          f"were they made from another set?")
-    hard_set_ids = set(hard)
     rows = []
-    for sample in dataset:
-        for name in filter(None, (sample.file, sample.mask_file)):
+    for row in manifest_rows(source):  # the source's cells as written: copies carry them unchanged
+        for name in filter(None, ((row.get(column) or "").strip() for column in ("file", "mask_file"))):
             _link(source / name, out / name)
-        rows.append(_row(sample, sample.id))
-        if sample.id in hard_set_ids:
-            rows += [_row(sample, f"{sample.id}#{k}") for k in range(1, cfg.repeat + 1)]
+        rows.append(row)
+        sample_id = row["id"].strip()
+        if sample_id in hard:
+            rows += [{**row, "id": f"{sample_id}#{k}"} for k in range(1, cfg.repeat + 1)]
     write_manifest(out, rows)
-    _write_record(source, cfg, hard, len(rows), out)
-    return hard
+    _write_record(source, cfg, sorted(hard), len(rows), out)
+    return sorted(hard)
 
 
 def _write_record(source: Path, cfg: HardSetConfig, hard: list[str], n_rows: int, out: Path) -> None:

@@ -324,6 +324,14 @@ def _read_manifest(root: Path) -> tuple[list[tuple[int, dict[str, str]]], list[F
     return rows, []
 
 
+def manifest_rows(root: str | Path) -> list[dict[str, str]]:
+    """The manifest's rows as written (cells as text), for sets built from other sets; validate with load_dataset."""
+    rows, faults = _read_manifest(Path(root))
+    if faults:
+        raise DatasetError(Path(root), faults)
+    return [row for _, row in rows]
+
+
 def _duplicate_faults(rows: list[tuple[int, dict[str, str]]]) -> list[Fault]:
     first_line: dict[str, int] = {}
     faults = []

@@ -6,11 +6,10 @@ generator folder (`marked/`, `clean/`); the top manifest lists both, ids prefixe
 """
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.data.manifest import MANIFEST_NAME, write_manifest
+from harness.data.manifest import manifest_rows, write_manifest
 from harness.data.synth import SynthConfig, generate
 
 
@@ -38,8 +37,7 @@ def reference_set(cfg: ReferenceSetConfig, root: str | Path) -> Path:
 
 
 def _prefixed_rows(folder: Path, prefix: str) -> list[dict[str, str]]:
-    with open(folder / MANIFEST_NAME, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
+    rows = manifest_rows(folder)
     for row in rows:
         row["id"] = f"{prefix}/{row['id']}"
         for column in ("file", "mask_file"):
