@@ -27,7 +27,7 @@ from tabulate import tabulate
 
 from harness.data import DatasetError
 from harness.evaluate import DEFAULT_TILTS, EvalConfig, EvalError, ModelSpec, Summary, evaluate, zoo_specs
-from harness.zoo import CheckpointError, trained_input_size
+from harness.zoo import CheckpointError, load_card, trained_input_size
 
 _VALUE_OPTIONS = ("--tilts", "--angles", "--fpr-secret")  # values that may start with "-"
 
@@ -61,7 +61,7 @@ def _parse_range(text: str) -> tuple[float, ...]:
     return tuple(round(start + i * step, 9) + 0.0 for i in range(count))  # + 0.0: no "-0"
 
 
-def _model(text: str, role: str, sizes: dict[str, int], option: str) -> ModelSpec:
+def _model(text: str, role: str, sizes: dict[str, int], option: str, flips: frozenset[str] = frozenset()) -> ModelSpec:
     """[LABEL:]NAME[=CKPT]. The label (default NAME) names the model in records, so two checkpoints of one
     architecture can be compared in one run; it sits before "=" because a checkpoint path may hold any character."""
     head, _, ckpt = text.partition("=")
@@ -70,7 +70,10 @@ def _model(text: str, role: str, sizes: dict[str, int], option: str) -> ModelSpe
     if not arch or (head.count(":") and not label):
         raise ValueError(f"{option} {text!r}: expected NAME, NAME=CHECKPOINT or LABEL:NAME=CHECKPOINT")
     spec = ModelSpec(arch=arch, ckpt=ckpt, role=role, name=label)
-    return spec if role == "sdecoder" else replace(spec, input_size=_input_size(spec, sizes))
+    if role == "sdecoder":
+        return spec
+    spec = replace(spec, flip_test=bool({spec.label, spec.arch} & flips))
+    return replace(spec, input_size=_input_size(spec, sizes))
 
 
 def _input_size(spec: ModelSpec, sizes: dict[str, int]) -> int | None:
@@ -88,6 +91,10 @@ def _input_size(spec: ModelSpec, sizes: dict[str, int]) -> int | None:
     size, source = found
     print(f"harness.eval: {spec.label} runs at input {size}, as {source} records (--input-size {spec.label}=N "
           "overrides)", file=sys.stderr)
+    if source.name == "card.toml" and load_card(source).flip_test and not spec.flip_test:
+        # the card's figures were measured with the flip test; a plain run reads the same weights differently
+        print(f"harness.eval: {spec.label} runs without the flip test its card asks for (--flip-test {spec.label} "
+              "adds it)", file=sys.stderr)
     return size
 
 
@@ -123,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="square input side of a localizer, NAME being its label or architecture (resized inside "
                          "the wrapper); repeat. Default: the size recorded beside its checkpoint (a training run's "
                          "config.json or a model card), else the fitted photo's 400")
+    ap.add_argument("--flip-test", action="append", default=[], metavar="NAME",
+                    help="the localizer NAME (label or architecture) also reads the mirror image and averages the "
+                         "two logit maps (HRNet's flip test, twice the cost); repeat. --zoo: a card's flip_test")
     ap.add_argument("--roi-fn", default=None, metavar="MODULE:FUNCTION", help="a user ROI function")
     ap.add_argument("--student-use-teacher-mask", action="store_true",
                     help="students take the ROI from the teacher's mask (a diagnostic of the chain)")
@@ -140,18 +150,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> EvalConfig:
-    sizes = _sizes(args.input_size)
+    sizes, flips = _sizes(args.input_size), frozenset(n.strip() for n in args.flip_test)
     if args.zoo:
-        localizers = list(zoo_specs(args.zoo))
+        localizers = [replace(m, flip_test=m.flip_test or bool({m.label, m.arch} & flips)) for m in zoo_specs(args.zoo)]
         if not localizers:
             raise ValueError(f"--zoo {args.zoo}: no model cards (card.toml) under that folder")
     else:
-        localizers = [_model(t, "teacher" if i == 0 else "student", sizes, "--localizer")
+        localizers = [_model(t, "teacher" if i == 0 else "student", sizes, "--localizer", flips)
                       for i, t in enumerate(args.localizer)]
+    unknown = sorted(flips - {m.label for m in localizers} - {m.arch for m in localizers})
+    if unknown:
+        raise ValueError(f"--flip-test {unknown}: no localizer has that label or architecture")
     if args.student_use_teacher_mask:
         teacher = localizers[0].label
-        localizers = [localizers[0]] + [ModelSpec(m.arch, m.ckpt, m.input_size, m.role, m.name, mask_from=teacher)
-                                        for m in localizers[1:]]
+        localizers = [localizers[0]] + [replace(m, mask_from=teacher) for m in localizers[1:]]
     return EvalConfig(
         localizers=tuple(localizers), sdecoder=_model(args.sdecoder, "sdecoder", {}, "--sdecoder"), data=args.data,
         tilts=parse_tilts(args.tilts) if args.tilts else DEFAULT_TILTS, angles=parse_tilts(args.angles),

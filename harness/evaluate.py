@@ -63,6 +63,7 @@ class ModelSpec:
     role: str = "student"  # "teacher" or "student" (SDecoder: ignored)
     name: str = ""  # the label in records; "" → arch
     mask_from: str | None = None  # student_use_teacher_mask: label of the localizer whose mask gives the ROI
+    flip_test: bool = False  # localizers: also read the mirror image and average the logits (HRNet's flip test)
 
     @property
     def label(self) -> str:
@@ -73,7 +74,7 @@ def zoo_specs(root: str | Path = "students") -> tuple[ModelSpec, ...]:
     """The localizers of the model cards under `root`, teachers first (then by card name)."""
     cards = sorted(list_cards(root), key=lambda c: (c.role != "teacher", c.name))
     return tuple(ModelSpec(arch=c.arch, ckpt=str(c.checkpoint_path) if c.checkpoint else None,
-                           input_size=c.input_size, role=c.role, name=c.name) for c in cards)
+                           input_size=c.input_size, role=c.role, name=c.name, flip_test=c.flip_test) for c in cards)
 
 
 @dataclass(frozen=True)
@@ -194,7 +195,7 @@ def build_models(cfg: EvalConfig, device: str | None = None) -> Models:
     if duplicates:
         raise EvalError(f"localizer names {duplicates} appear twice; give each a distinct label "
                         "(--localizer LABEL:NAME=CKPT)")
-    localizers = [NamedLocalizer(m.label, m.role, build_localizer(m.arch, m.input_size, m.ckpt).to(device),
+    localizers = [NamedLocalizer(m.label, m.role, build_localizer(m.arch, m.input_size, m.ckpt, m.flip_test).to(device),
                                  m.mask_from) for m in cfg.localizers]
     sdecoder = build_sdecoder(cfg.sdecoder.arch, cfg.sdecoder.ckpt).to(device)
     checkpoints = {m.label: _sha256(m.ckpt) for m in cfg.localizers}

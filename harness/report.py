@@ -88,19 +88,24 @@ def main_table(results: Results) -> str:
         if e["role"] == "student" and teacher is not None:
             acc = f"{acc}/{_pct(teacher['bit_acc']['mean'], 2)}"
         det = next((d for d in e["detection"] if d["fpr"] == 1e-3), {})
-        rows.append([e["model"], e["role"], cost.get("arch", "—"), cost.get("input_size", "—"),
+        rows.append([e["model"], e["role"], cost.get("arch", "—"), _input(cost),
                      _num(cost.get("params") and cost["params"] / 1e6, ".2f"), cost.get("tensors", "—"),
                      _num(cost.get("total_gmacs"), ".2f"), _num(cost.get("gflops"), ".2f"),
                      _num(cost.get("input_gmacs"), ".2f"), _num(cost.get("fp32_mib"), ".2f"),
                      f"{_num(lat.get('p50_ms'), '.1f')} / {_num(lat.get('p95_ms'), '.1f')}",
                      acc, f"{_pct(e['tilt_min'])}–{_pct(e['tilt_max'])}", _pct(e["word_acc"]),
                      _pct(det.get("tpr")), _num(e["mask_iou"], ".3f")])
-    # @400 compares architectures on the photo's side; @input is what the localizer spends at its own input size,
-    # which differs between models (a teacher may read at 160 and its students at 128)
+    # @400 compares architectures on the photo's side; @input is what the localizer spends per photo at its own input
+    # size, which differs between models (a teacher may read at 160 and its students at 128), flip test included
     headers = ["model", "role", "arch", "input", "params (M)", "tensors", "GMACs@400", "GFLOPs@400 (2×MACs)",
                "GMACs@input", "fp32 MiB", "latency p50 / p95 ms", "bit acc % (student/teacher)",
                "−5°~5° (min–max) %", "word acc %", "TPR@FPR 1e-3 %", "mean IoU"]
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def _input(cost: dict) -> str:
+    side = cost.get("input_size", "—")
+    return f"{side} + flip" if cost.get("flip_test") else str(side)
 
 
 def tilt_table(results: Results) -> str:

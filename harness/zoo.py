@@ -10,6 +10,7 @@ A model card is a small TOML file, `students/<name>/card.toml`:
     arch = "hrnet_w18"            # a registered localizer
     role = "student"              # "teacher" | "student"
     input_size = 400              # square side the network sees; omit for "as given"
+    flip_test = true              # optional: average the logits of the photo and its mirror image (default false)
     checkpoint = "weights.pt"     # relative to the card; omit for random weights
     sha256 = "..."                # optional; checked when the card is built
     recipe = "recipes/..."        # optional, free text
@@ -55,14 +56,19 @@ class CheckpointError(RuntimeError):
 
 
 class Localizer(nn.Module):
-    """B×3×H×W float RGB in [0, 1] → B×1×h×w mask logits, around a bare network kept as `self.backbone`."""
+    """B×3×H×W float RGB in [0, 1] → B×1×h×w mask logits, around a bare network kept as `self.backbone`.
 
-    def __init__(self, backbone: nn.Module, input_size: int | None = None):
+    `flip_test` is the official HRNet segmentation test's flip option: the network also reads the mirror image and
+    the two logit maps (the second mirrored back) are averaged; twice the network's cost, the same state_dict.
+    """
+
+    def __init__(self, backbone: nn.Module, input_size: int | None = None, flip_test: bool = False):
         super().__init__()
         if input_size is not None and input_size <= 0:
             raise ValueError(f"input_size must be a positive int or None, got {input_size}")
         self.backbone = backbone
         self.input_size = input_size
+        self.flip_test = flip_test
         # non-persistent: the state_dict holds only the network's own (official) keys under `backbone.`
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -71,6 +77,13 @@ class Localizer(nn.Module):
         _check_image_batch(x)
         x = self._resize(x)
         x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        out = self._logits(x)
+        if self.flip_test:
+            # the mean at the network's output size equals the mean after the (linear, mirror-symmetric) upsampling
+            out = (out + self._logits(x.flip(-1)).flip(-1)) / 2
+        return out
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
         out = self.backbone(x)
         if isinstance(out, (list, tuple)):
             out = _main_output(out)
@@ -86,7 +99,7 @@ class Localizer(nn.Module):
         return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
 
     def extra_repr(self) -> str:
-        return f"input_size={self.input_size}"
+        return f"input_size={self.input_size}, flip_test={self.flip_test}"
 
 
 def _check_image_batch(x: torch.Tensor) -> None:
@@ -112,12 +125,13 @@ def _create(name: str, kind: str, **kw) -> nn.Module:
     return entry.factory(**kw)
 
 
-def build_localizer(name: str, input_size: int | None = None, ckpt: str | Path | None = None, **kw) -> Localizer:
+def build_localizer(name: str, input_size: int | None = None, ckpt: str | Path | None = None,
+                    flip_test: bool = False, **kw) -> Localizer:
     """The registered localizer `name` wrapped in a Localizer; `ckpt` (bare or wrapped keys) loads strictly."""
     net = _create(name, "localizer", **kw)
     if ckpt is not None:
         load_checkpoint(net, ckpt)
-    return Localizer(net, input_size)
+    return Localizer(net, input_size, flip_test)
 
 
 def build_sdecoder(name: str, ckpt: str | Path | None = None, **kw) -> nn.Module:
@@ -265,7 +279,8 @@ def _cast_like(state: Mapping[str, torch.Tensor], target: Mapping[str, torch.Ten
 # ------------------------------------------------------------------------------------------------- model cards
 
 ROLES = ("teacher", "student")
-_CARD_FIELDS = {"name", "arch", "role", "input_size", "checkpoint", "sha256", "recipe", "notes", "training"}
+_CARD_FIELDS = {"name", "arch", "role", "input_size", "flip_test", "checkpoint", "sha256", "recipe", "notes",
+                "training"}
 
 
 @dataclass(frozen=True)
@@ -275,6 +290,7 @@ class ModelCard:
     role: str  # "teacher" | "student"
     path: Path  # the card file; `checkpoint` is relative to its folder
     input_size: int | None = None
+    flip_test: bool = False  # the Localizer's flip test (an inference choice; the weights are the same)
     checkpoint: str | None = None
     sha256: str | None = None  # of the checkpoint file, checked on build when given
     recipe: str | None = None
@@ -293,7 +309,7 @@ class ModelCard:
             if actual is not None and actual != self.sha256:
                 raise CheckpointError(f"card {self.path}: checkpoint {ckpt} has sha256 {actual}, "
                                       f"the card says {self.sha256}")
-        return build_localizer(self.arch, input_size=self.input_size, ckpt=ckpt)
+        return build_localizer(self.arch, input_size=self.input_size, ckpt=ckpt, flip_test=self.flip_test)
 
 
 def load_card(path: str | Path) -> ModelCard:
@@ -321,6 +337,8 @@ def _validate_card(data: dict[str, Any], path: Path) -> None:
     size = data.get("input_size")
     if size is not None and not _positive_int(size):
         raise ValueError(f"model card {path}: input_size must be a positive integer, got {size!r}")
+    if not isinstance(data.get("flip_test", False), bool):
+        raise ValueError(f"model card {path}: flip_test must be true or false, got {data['flip_test']!r}")
     for key in ("checkpoint", "sha256", "recipe"):
         if key in data and not isinstance(data[key], str):
             raise ValueError(f"model card {path}: key {key!r} must be a string, got {data[key]!r}")

@@ -6,7 +6,7 @@
 
 Models: the shipped zoo (`students/*/card.toml`), or `--localizer [LABEL:]NAME[=CKPT]` (repeatable, the first is the
 teacher; `--input-size NAME=SIZE` sets a network's input side, by default the size recorded beside the
-checkpoint by its training run or card) and `--sdecoder NAME[=CKPT]`.
+checkpoint by its training run or card; `--flip-test NAME` adds HRNet's flip test) and `--sdecoder NAME[=CKPT]`.
 """
 from __future__ import annotations
 
@@ -41,6 +41,9 @@ class SuiteSettings:
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.getgroup("harness").addoption("--input-size", action="append", default=[], metavar="NAME=SIZE",
                                          help="suites: input side of a localizer given with --localizer")
+    parser.getgroup("harness").addoption("--flip-test", action="append", default=[], metavar="NAME",
+                                         help="suites: a localizer given with --localizer also reads the mirror "
+                                              "image (HRNet's flip test)")
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -68,8 +71,9 @@ def specs_from(config: pytest.Config) -> tuple[ModelSpec, ...]:
     """The localizers under test: --localizer options, else the shipped zoo's cards (teacher first)."""
     given = config.getoption("localizer")
     if given:
-        sizes = _sizes(config.getoption("input_size"))
-        return tuple(_model(t, "teacher" if i == 0 else "student", sizes, "--localizer") for i, t in enumerate(given))
+        sizes, flips = _sizes(config.getoption("input_size")), frozenset(config.getoption("flip_test"))
+        return tuple(_model(t, "teacher" if i == 0 else "student", sizes, "--localizer", flips)
+                     for i, t in enumerate(given))
     return zoo_specs("students")
 
 

@@ -1,5 +1,6 @@
 """Cost: params, state_dict tensors, conv and total GMACs, GFLOPs (= 2 × GMACs) and fp32 MiB at 400×400,
-for the models under test and for the field's models (the seed's table: HRNet-W48 teacher and its students)."""
+for the models under test and for the field's models (the seed's table: HRNet-W48 teacher and its students).
+A model under test's GMACs at its input size count every forward it makes per photo (two with the flip test)."""
 from __future__ import annotations
 
 from dataclasses import asdict
@@ -38,5 +39,6 @@ def test_zoo_cost(localizer_specs, settings):
         at_input = model_cost(bare, (side, side)) if side != HW[0] else at_400
         assert at_400.params == sum(p.numel() for p in bare.parameters())
         assert at_input.total_gmacs <= at_400.total_gmacs + 1e-9
-        _record(settings, spec.label, {"arch": spec.arch, "role": spec.role, **asdict(at_400),
-                                       "input_size": side, "input_gmacs": at_input.total_gmacs})
+        forwards = 2 if spec.flip_test else 1
+        _record(settings, spec.label, {"arch": spec.arch, "role": spec.role, **asdict(at_400), "input_size": side,
+                                       "flip_test": spec.flip_test, "input_gmacs": forwards * at_input.total_gmacs})

@@ -22,12 +22,13 @@ def _accuracy(summary, label: str) -> dict:
 
 def test_localizer_latency(benchmark, localizer_spec, robustness, settings):
     _, summary = robustness
-    model = build_localizer(localizer_spec.arch, localizer_spec.input_size, localizer_spec.ckpt).eval()
+    spec = localizer_spec
+    model = build_localizer(spec.arch, spec.input_size, spec.ckpt, spec.flip_test).eval()
     photo = torch.rand(1, 3, 400, 400, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         logits = benchmark.pedantic(model, args=(photo,), rounds=settings.latency_rounds, warmup_rounds=2)
     assert logits.shape[:2] == (1, 1) and torch.isfinite(logits).all()
-    figures = {"role": localizer_spec.role, "input_size": localizer_spec.input_size,
+    figures = {"role": spec.role, "input_size": spec.input_size, "flip_test": spec.flip_test,
                "device": device_description("cpu"), "threads": torch.get_num_threads(),
                **_percentiles(benchmark), **_accuracy(summary, localizer_spec.label)}
     benchmark.extra_info.update(figures)

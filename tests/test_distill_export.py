@@ -42,6 +42,14 @@ def test_export_writes_fp16_weights_and_a_card_that_builds(tmp_path):
     built = card.build()  # checks the sha256 and loads strictly
     expected = net.state_dict()["last_layer.3.weight"].half().float()
     torch.testing.assert_close(built.backbone.state_dict()["last_layer.3.weight"], expected)
+    assert not built.flip_test
+
+
+def test_export_flip_test_is_written_into_the_card(tmp_path):
+    run, _ = _fake_run(tmp_path)
+    out = export_run(run, "t", "teacher", tmp_path / "recipe.toml", root=tmp_path / "students", flip_test=True)
+    card = load_card(out / "card.toml")
+    assert card.flip_test and card.build().flip_test and card.input_size == 64
 
 
 def test_card_names_where_the_training_scenes_came_from(tmp_path, monkeypatch):

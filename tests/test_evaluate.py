@@ -229,6 +229,16 @@ def test_cli_takes_the_input_size_from_the_card_beside_the_checkpoint(tmp_path):
     assert [m.input_size for m in cfg.localizers] == [160, None]
 
 
+def test_cli_says_when_a_card_asks_for_the_flip_test_it_does_not_get(tmp_path, capsys):
+    (tmp_path / "card.toml").write_text('name = "s"\narch = "pidnet_s"\nrole = "student"\ninput_size = 160\n'
+                                        'flip_test = true\ncheckpoint = "weights.pt"\n')
+    cfg = _cli_config("--localizer", f"p:pidnet_s={tmp_path / 'weights.pt'}")
+    assert not cfg.localizers[0].flip_test
+    assert "p runs without the flip test its card asks for (--flip-test p adds it)" in capsys.readouterr().err
+    cfg = _cli_config("--localizer", f"p:pidnet_s={tmp_path / 'weights.pt'}", "--flip-test", "p")
+    assert cfg.localizers[0].flip_test and "without the flip test" not in capsys.readouterr().err
+
+
 def test_cli_labels_name_models_in_the_records(tmp_path, data_dir, capsys):
     from harness.zoo import build_localizer
     ckpts = []
@@ -263,3 +273,23 @@ def test_cli_labels_parse_and_take_their_own_input_size():
     cfg = _cli_config("--localizer", "a:pidnet_s", "--localizer", "b:pidnet_s", "--input-size", "a=96",
                       "--input-size", "pidnet_s=64")
     assert [m.input_size for m in cfg.localizers] == [96, 64]
+
+
+def test_cli_flip_test_by_label_or_architecture(tmp_path):
+    cfg = _cli_config("--localizer", "a:pidnet_s", "--localizer", "b:pidnet_s", "--flip-test", "a")
+    assert [m.flip_test for m in cfg.localizers] == [True, False]
+    cfg = _cli_config("--localizer", "a:pidnet_s", "--localizer", "hrnet_w18", "--flip-test", "pidnet_s")
+    assert [m.flip_test for m in cfg.localizers] == [True, False]
+    with pytest.raises(ValueError, match=r"--flip-test \['c'\]: no localizer"):
+        _cli_config("--localizer", "a:pidnet_s", "--flip-test", "c")
+    # --student-use-teacher-mask keeps every other field of the student
+    cfg = _cli_config("--localizer", "pidnet_s", "--localizer", "s:hrnet_w18", "--flip-test", "s",
+                      "--student-use-teacher-mask")
+    assert (cfg.localizers[1].flip_test, cfg.localizers[1].mask_from) == (True, "pidnet_s")
+    # --zoo: the card's flip_test, or the option's
+    for name, flip in (("t", "true"), ("s", "false")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "card.toml").write_text(f'name = "{name}"\narch = "pidnet_s"\nrole = "student"\n'
+                                                   f'flip_test = {flip}\n')
+    assert [m.flip_test for m in _cli_config("--zoo", str(tmp_path)).localizers] == [False, True]
+    assert [m.flip_test for m in _cli_config("--zoo", str(tmp_path), "--flip-test", "s").localizers] == [True, True]

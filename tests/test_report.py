@@ -26,7 +26,7 @@ def results(tmp_path_factory):
     folder = root / "results"
     evaluate(cfg, folder / "robustness", models=models, progress=False)
     cost = {"bright": {"arch": "bright", "role": "teacher", "params": 2_000_000, "tensors": 12, "conv_gmacs": 1.0,
-                       "total_gmacs": 1.1, "gflops": 2.2, "fp32_mib": 7.6, "input_size": 96,
+                       "total_gmacs": 1.1, "gflops": 2.2, "fp32_mib": 7.6, "input_size": 96, "flip_test": True,
                        "input_gmacs": 0.07},
             "field:hrnet_w48": {"arch": "hrnet_w48", "role": "field", "params": 65_846_401, "tensors": 1839,
                                 "conv_gmacs": 57.37, "total_gmacs": 57.62, "gflops": 115.24, "fp32_mib": 251.18}}
@@ -48,6 +48,7 @@ def test_report_has_the_columns_and_is_byte_identical(results, tmp_path):
     assert "| bright_s " in first and "/" in first.split("| bright_s ")[1].split("\n")[0]  # student/teacher
     assert "12.5 / 14.0" in first
     assert "| 1.10 " in first and "| 0.07 " in first  # GMACs at 400 and at the model's own input
+    assert "| 96 + flip " in first  # the flip test reads the photo twice: the input column says so
     assert "oracle (GT mask ROI)" in first and "Provenance" in first and "hrnet_w48" in first
 
 

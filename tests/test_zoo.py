@@ -90,6 +90,27 @@ def test_localizer_rejects_bad_input(bad):
         Localizer(Spy())(bad)
 
 
+def test_flip_test_averages_the_logits_of_the_photo_and_its_mirror_image():
+    # a network that sees position: its logits on the mirror image, mirrored back, differ from its own
+    loc = Localizer(nn.Conv2d(3, 1, 3, padding=1, bias=False), input_size=12).eval()
+    x = torch.rand(2, 3, 20, 30)
+    with torch.no_grad():
+        plain = loc(x)
+        mirrored = loc(x.flip(-1)).flip(-1)
+        loc.flip_test = True
+        both = loc(x)
+    assert not torch.allclose(plain, mirrored)
+    torch.testing.assert_close(both, (plain + mirrored) / 2)
+    torch.testing.assert_close(loc(x.flip(-1)).flip(-1), both)  # the flip test is mirror-symmetric
+
+
+def test_flip_test_keeps_the_state_dict_and_the_main_output():
+    main = torch.arange(16.0).view(1, 1, 4, 4)
+    spy = Spy(lambda x: [torch.zeros(1, 1, 4, 4), main, torch.ones(1, 1, 4, 4)])
+    torch.testing.assert_close(Localizer(spy, flip_test=True)(torch.rand(1, 3, 8, 8)), (main + main.flip(-1)) / 2)
+    assert list(build_localizer(SMALL, flip_test=True).state_dict()) == list(build_localizer(SMALL).state_dict())
+
+
 def test_localizer_follows_dtype_and_device_moves():
     loc = Localizer(Spy(), input_size=8).double()
     assert loc(torch.rand(1, 3, 8, 8, dtype=torch.float64)).dtype == torch.float64
@@ -315,6 +336,7 @@ def test_card_sha256_mismatch_is_an_error(student):
     ('name = "x"\nrole = "student"\n', "'arch' is required"),
     ('name = "x"\narch = "a"\nrole = "student"\ninput_size = -4\n', "input_size"),
     ('name = "x"\narch = "a"\nrole = "student"\nnotes = 3\n', "\\[notes\\] must be a table"),
+    ('name = "x"\narch = "a"\nrole = "student"\nflip_test = "yes"\n', "flip_test must be true or false"),
     ('name = "x\n', "invalid TOML"),
 ])
 def test_bad_cards_name_the_file_and_the_fault(tmp_path, body, fault):
@@ -333,7 +355,9 @@ def test_zoo_specs_put_teachers_first_with_their_cards(student, tmp_path):
     from harness.evaluate import zoo_specs
 
     _write_card(tmp_path / "students" / "zz_teacher", f'name = "zz_teacher"\narch = "{SMALL}"\nrole = "teacher"\n'
-                                                       'input_size = 96\n')
+                                                       'input_size = 96\nflip_test = true\n')
     specs = zoo_specs(tmp_path / "students")
     assert [(s.label, s.role, s.input_size) for s in specs] == [("zz_teacher", "teacher", 96), ("tiny", "student", 128)]
+    assert [s.flip_test for s in specs] == [True, False]
+    assert load_card(tmp_path / "students" / "zz_teacher" / "card.toml").build().flip_test
     assert specs[0].ckpt is None and specs[1].ckpt == str(tmp_path / "students" / "tiny" / "weights.pt")

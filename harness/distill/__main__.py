@@ -27,6 +27,8 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--role", choices=("teacher", "student"), required=True)
     export.add_argument("--recipe", type=Path, required=True, help="the recipe file the run was trained from")
     export.add_argument("--root", type=Path, default=Path("students"))
+    export.add_argument("--flip-test", action="store_true",
+                        help="the card evaluates with HRNet's flip test (the photo and its mirror image averaged)")
     comp = commands.add_parser("compare", help="distilled students against no-KD baselines over seeds")
     comp.add_argument("runs", type=Path, nargs="+", help="run directories (config.json, student.pt)")
     comp.add_argument("--data", required=True, help="held-out dataset folder")
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "export":
         from harness.distill.export import export_run
 
-        print(export_run(args.run, args.name, args.role, args.recipe, args.root))
+        print(export_run(args.run, args.name, args.role, args.recipe, args.root, args.flip_test))
         return 0
     from harness.distill.config import RecipeError, load_recipe, with_seed
     from harness.distill.trainer import train

@@ -1,11 +1,12 @@
 """Ship a trained run into the zoo: `students/<name>/weights.pt` (fp16 state_dict) and `card.toml`.
 
     python -m harness.distill export runs/teacher --name teacher_hrnet_w18 --role teacher \\
-        --recipe students/recipes/teacher_hrnet_w18.toml
+        --recipe students/recipes/teacher_hrnet_w18.toml [--flip-test]
 
 The card names the architecture, input size, checkpoint and its sha256, the recipe, and what the run's log says:
-steps, wall time, data seed and source, the best validation metrics. Weights are stored in fp16 (the zoo's size
-budget); the loader casts them back to the model's dtype.
+steps, wall time, data seed and source, the best validation metrics; `--flip-test` writes `flip_test = true` (the
+evaluation reads the photo and its mirror image; training and validation never do). Weights are stored in fp16 (the
+zoo's size budget); the loader casts them back to the model's dtype.
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from harness.zoo import build_localizer, load_checkpoint, sha256_file
 WEIGHTS_NAME = "weights.pt"
 
 
-def export_run(run_dir: Path, name: str, role: str, recipe: Path, root: Path = Path("students")) -> Path:
+def export_run(run_dir: Path, name: str, role: str, recipe: Path, root: Path = Path("students"),
+               flip_test: bool = False) -> Path:
     config = json.loads((run_dir / "config.json").read_text())
     arch, input_size = config["model"]["name"], config["model"]["input_size"]
     state = torch.load(run_dir / "student.pt", map_location="cpu", weights_only=True)
@@ -30,7 +32,8 @@ def export_run(run_dir: Path, name: str, role: str, recipe: Path, root: Path = P
     out.mkdir(parents=True, exist_ok=True)
     torch.save(half, out / WEIGHTS_NAME)
     load_checkpoint(build_localizer(arch, input_size).backbone, out / WEIGHTS_NAME)  # strict: it must load back
-    card = _card(name, arch, role, input_size, recipe, sha256_file(out / WEIGHTS_NAME), config, _log(run_dir))
+    card = _card(name, arch, role, input_size, flip_test, recipe, sha256_file(out / WEIGHTS_NAME), config,
+                 _log(run_dir))
     (out / "card.toml").write_text(card)
     return out
 
@@ -103,11 +106,12 @@ def _toml_value(value) -> str:
     return json.dumps(str(value), ensure_ascii=False)
 
 
-def _card(name: str, arch: str, role: str, input_size: int, recipe: Path, sha: str, config: dict,
+def _card(name: str, arch: str, role: str, input_size: int, flip_test: bool, recipe: Path, sha: str, config: dict,
           log: list[dict]) -> str:
     training = _training(config, log)
     lines = [f"name = {_toml_value(name)}", f"arch = {_toml_value(arch)}", f"role = {_toml_value(role)}",
-             f"input_size = {input_size}", f"checkpoint = {_toml_value(WEIGHTS_NAME)}", f"sha256 = {_toml_value(sha)}",
+             f"input_size = {input_size}"] + (["flip_test = true"] if flip_test else []) + [
+             f"checkpoint = {_toml_value(WEIGHTS_NAME)}", f"sha256 = {_toml_value(sha)}",
              f"recipe = {_toml_value(recipe.as_posix())}", "", "[training]"]
     lines += [f"{k} = {_toml_value(v)}" for k, v in training.items() if k != "validation"]
     lines += ["", "[training.validation]"]
