@@ -72,8 +72,13 @@ def _model(text: str, role: str, sizes: dict[str, int], option: str, flips: froz
     spec = ModelSpec(arch=arch, ckpt=ckpt, role=role, name=label)
     if role == "sdecoder":
         return spec
-    spec = replace(spec, flip_test=bool({spec.label, spec.arch} & flips))
+    spec = replace(spec, flip_test=_named(spec, flips))
     return replace(spec, input_size=_input_size(spec, sizes))
+
+
+def _named(spec: ModelSpec, names: frozenset[str]) -> bool:
+    """Whether an option's NAME list names this localizer, by its label or its architecture."""
+    return bool({spec.label, spec.arch} & names)
 
 
 def _input_size(spec: ModelSpec, sizes: dict[str, int]) -> int | None:
@@ -152,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> EvalConfig:
     sizes, flips = _sizes(args.input_size), frozenset(n.strip() for n in args.flip_test)
     if args.zoo:
-        localizers = [replace(m, flip_test=m.flip_test or bool({m.label, m.arch} & flips)) for m in zoo_specs(args.zoo)]
+        localizers = [replace(m, flip_test=m.flip_test or _named(m, flips)) for m in zoo_specs(args.zoo)]
         if not localizers:
             raise ValueError(f"--zoo {args.zoo}: no model cards (card.toml) under that folder")
     else:
