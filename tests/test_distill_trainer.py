@@ -110,6 +110,7 @@ def test_early_stopping_on_the_declared_metric(tmp_path):
     ({"data": {"synth_same_source": 1.5}}, r"data\.synth_same_source: 1\.5 is not a share in \[0, 1\]"),
     ({"trainer": {}}, r"unknown table \[trainer\]"),
     ({"distiller": {"type": "ConfigurableDistiller"}}, r"\[distiller\] needs a \[teacher\]"),
+    ({"data": {"hflip": True}, "loss": {"decode_weight": 0.3}}, r"r\.toml: data\.hflip mirrors the watermark"),
 ])
 def test_recipe_errors_name_the_key(table, match):
     with pytest.raises(RecipeError, match=match):

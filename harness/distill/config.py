@@ -194,6 +194,10 @@ def recipe_from_dict(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
         raise RecipeError(f"{source}: [distiller] needs a [teacher] table")
     if recipe.teacher is not None and not recipe.teacher.name:
         raise RecipeError(f"{source}: teacher.name is required")
+    if recipe.data.hflip and recipe.loss.decode_weight > 0:
+        # a mirrored photo carries a mirrored watermark: the decode loss would score it against the unmirrored secret
+        raise RecipeError(f"{source}: data.hflip mirrors the watermark, which the decode loss then reads against the "
+                          "secret; set loss.decode_weight = 0 or data.hflip = false")
     return recipe
 
 
