@@ -78,8 +78,8 @@ def test_official_backbone_layout_loads_strictly():
 
 def test_fuse_keeps_the_official_double_count_of_branch_0():
     torch.manual_seed(0)
-    module = LiteHRModule([4, 8], num_blocks=1, reduce_ratio=2).eval()
-    a, b = torch.randn(1, 4, 8, 8), torch.randn(1, 8, 4, 4)
+    module = LiteHRModule([16, 32], num_blocks=1, reduce_ratio=2).eval()  # wide enough for ratio-4 spatial weighting
+    a, b = torch.randn(1, 16, 8, 8), torch.randn(1, 32, 4, 4)
     with torch.no_grad():
         fused = module._fuse([a, b])
         y0 = a + a + F.interpolate(module.fuse_layers[0][1](b), size=(8, 8), mode="nearest")
