@@ -1,129 +1,83 @@
-"""Regression gate: `python -m harness.gate --baseline reports/baseline.json --results reports/results/`.
+"""`python -m harness.gate`: the regression gate's command line (the gate itself: `harness.outputs.gate`).
 
-Compares each baseline model's mean bit accuracy and its minimum over tilts (predicted ROI, GT-BCE selection) with
-fresh results and exits
+    python -m harness.gate --results reports/results/quick            # judge a run against reports/baseline.json
+    python -m harness.gate --results runs/mine --baseline ci/baseline.json --update   # store a run as the baseline
 
-    0  every model within the tolerance (default 0.5 points),
-    1  a model dropped by more than the tolerance, or a baseline model is missing from the results,
-    2  the baseline or the results are missing or unreadable (a clear message says which).
-
-Results are the per-sample `records.csv` files under the results folder; the baseline stores, per run mode
-(`quick` for CI, `full` for the benchmark sweep), the figures the shipped zoo reached. `--update` rewrites the
-baseline from the results on purpose.
+Exit codes: 0 pass; 1 a model dropped by more than the tolerance (mean or worst tilt), is missing, has fewer
+records than the baseline, or is new to the baseline (without --allow-new); 2 the results measure something else
+than the baseline (dataset, SDecoder, tilts, angles, BatchNorm mode: the message says what differs), or a file is
+missing, truncated or malformed (the message names it).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
 from tabulate import tabulate
 
-
-class GateInputError(Exception):
-    """The baseline or the results cannot be read: exit code 2."""
-
-
-@dataclass(frozen=True)
-class ModelScore:
-    mean_bit_acc: float  # percent
-    min_tilt_bit_acc: float  # percent, the lowest per-tilt mean
-    n_records: int
-
-
-def read_results(results: Path) -> tuple[str, dict[str, ModelScore]]:
-    """Scores per model from every records.csv under `results`, and the run mode they were made in."""
-    files = sorted(results.rglob("records.csv")) if results.is_dir() else []
-    if not files:
-        raise GateInputError(f"no results: no records.csv under {results}")
-    frames = []
-    for f in files:
-        try:
-            frames.append(pd.read_csv(f))
-        except Exception as exc:  # noqa: BLE001  (any parse failure is the same user-facing fault)
-            raise GateInputError(f"corrupt results file {f}: {exc}") from exc
-    records = pd.concat(frames, ignore_index=True)
-    missing = {"model", "tilt_deg", "roi_source", "bit_acc", "mode"} - set(records.columns)
-    if missing:
-        raise GateInputError(f"results lack columns {sorted(missing)} (files: {', '.join(map(str, files))})")
-    modes = sorted(records["mode"].unique())
-    if len(modes) != 1:
-        raise GateInputError(f"results mix run modes {modes}; gate one mode at a time")
-    # Clean photos have no secret of their own (they feed the false-positive rate), so they carry no bit accuracy.
-    marked = records["watermarked"] == 1 if "watermarked" in records.columns else True
-    return modes[0], _scores(records[(records["roi_source"] == "predicted") & marked])
+from harness.outputs.gate import (
+    CONDITION_HEADERS,
+    HEADERS,
+    GateInputError,
+    compare,
+    condition_rows,
+    read_baseline,
+    read_results,
+    write_baseline,
+)
 
 
-def _scores(records: pd.DataFrame) -> dict[str, ModelScore]:
-    scores = {}
-    for model, rows in records.groupby("model", sort=True):
-        # A sample whose ROI was empty or that failed read no bits: it counts as 0 %, never silently dropped.
-        acc = rows["bit_acc"].fillna(0.0) * 100.0
-        per_tilt = acc.groupby(rows["tilt_deg"]).mean()
-        scores[str(model)] = ModelScore(round(float(acc.mean()), 4), round(float(per_tilt.min()), 4), len(rows))
-    return scores
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every default shown, the epilog (usage, exit codes) kept as written."""
 
 
-def read_baseline(path: Path, mode: str) -> dict[str, ModelScore]:
-    if not path.is_file():
-        raise GateInputError(f"baseline not found: {path} (create it with --update)")
-    try:
-        doc = json.loads(path.read_text())
-        entries = doc["modes"][mode]["models"]
-        return {name: ModelScore(**fig) for name, fig in entries.items()}
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise GateInputError(f"corrupt baseline {path}: no usable entry for mode {mode!r} ({exc!r})") from exc
-
-
-def compare(baseline: dict[str, ModelScore], current: dict[str, ModelScore], tolerance: float) -> tuple[list, bool]:
-    """Rows of the delta table, and whether every baseline model passed."""
-    rows, ok = [], True
-    for name, base in sorted(baseline.items()):
-        cur = current.get(name)
-        if cur is None:
-            rows.append([name, base.mean_bit_acc, None, None, base.min_tilt_bit_acc, None, None, "MISSING"])
-            ok = False
-            continue
-        d_mean = cur.mean_bit_acc - base.mean_bit_acc
-        d_min = cur.min_tilt_bit_acc - base.min_tilt_bit_acc
-        passed = d_mean >= -tolerance and d_min >= -tolerance
-        ok &= passed
-        rows.append([name, base.mean_bit_acc, cur.mean_bit_acc, d_mean,
-                     base.min_tilt_bit_acc, cur.min_tilt_bit_acc, d_min, "ok" if passed else "REGRESSED"])
-    return rows, ok
-
-
-def write_baseline(path: Path, mode: str, scores: dict[str, ModelScore]) -> None:
-    doc = json.loads(path.read_text()) if path.is_file() else {"modes": {}}
-    doc["modes"][mode] = {"models": {name: vars(s) for name, s in sorted(scores.items())}}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m harness.gate", description=__doc__.splitlines()[0],
+                                 epilog="\n".join(__doc__.splitlines()[1:]), formatter_class=_Formatter)
+    ap.add_argument("--baseline", type=Path, default=Path("reports/baseline.json"),
+                    help="the baseline file (one entry per run mode)")
+    ap.add_argument("--results", type=Path, default=Path("reports/results/quick"),
+                    help="one run: an eval run folder or a suites results folder (records.csv + summary.json)")
+    ap.add_argument("--tolerance", type=float, default=0.5,
+                    help="allowed drop in percentage points (a drop exactly at it passes)")
+    ap.add_argument("--allow-new", action="store_true", help="a model the baseline lacks passes instead of failing")
+    ap.add_argument("--update", action="store_true", help="write the results as the baseline of their mode")
+    return ap
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m harness.gate", description=__doc__.splitlines()[0])
-    ap.add_argument("--baseline", type=Path, default=Path("reports/baseline.json"))
-    ap.add_argument("--results", type=Path, default=Path("reports/results"))
-    ap.add_argument("--tolerance", type=float, default=0.5, help="allowed drop in percentage points")
-    ap.add_argument("--update", action="store_true", help="write the results as the new baseline")
-    args = ap.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
-        mode, current = read_results(args.results)
+        results = read_results(args.results)
         if args.update:
-            write_baseline(args.baseline, mode, current)
-            print(f"baseline {args.baseline} updated for mode {mode!r}: {', '.join(sorted(current))}")
+            write_baseline(args.baseline, results)
+            print(f"baseline {args.baseline} updated for mode {results.mode!r}: {', '.join(sorted(results.scores))}")
             return 0
-        baseline = read_baseline(args.baseline, mode)
+        baseline = read_baseline(args.baseline, results.mode)
     except GateInputError as exc:
         print(f"gate: {exc}", file=sys.stderr)
         return 2
-    rows, ok = compare(baseline, current, args.tolerance)
-    headers = ["model", "base mean %", "mean %", "Δ mean", "base min-tilt %", "min-tilt %", "Δ min", "verdict"]
-    print(f"gate ({mode} mode, tolerance {args.tolerance} points)")
-    print(tabulate(rows, headers=headers, tablefmt="github", floatfmt=".2f", missingval="—"))
+    m = results.measurement
+    if baseline.measurement is None:
+        print(f"gate: warning: the baseline's {m.mode!r} entry records no measurement (dataset, SDecoder, tilts); "
+              "it cannot be checked: rewrite it with --update", file=sys.stderr)
+    else:
+        differences = baseline.measurement.differences(m)
+        if differences:
+            print(f"gate: refused: {args.results} measures something else than the baseline's {m.mode!r} entry "
+                  f"({args.baseline}); the figures cannot be compared:\n  " + "\n  ".join(differences),
+                  file=sys.stderr)
+            return 2
+    rows, ok = compare(baseline, results.scores, args.tolerance, args.allow_new)
+    print(f"gate ({m.mode} mode, tolerance {args.tolerance:g} points; dataset {m.dataset_hash[:12]}, SDecoder "
+          f"{m.sdecoder}, tilts {', '.join(f'{t:g}' for t in m.tilts)}, BatchNorm {m.bn_mode})")
+    print(tabulate(rows, headers=HEADERS, tablefmt="github", floatfmt=".2f", missingval="—"))
+    per_condition = condition_rows(baseline, results.scores)
+    if per_condition:  # a run with camera conditions: each condition's worst severity, gated like the worst tilt
+        print(f"\nconditions ({m.conditions}):")
+        print(tabulate(per_condition, headers=CONDITION_HEADERS, tablefmt="github", floatfmt=".2f", missingval="—"))
+    print("PASS" if ok else "FAIL")
     return 0 if ok else 1
 
 

@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/python -m pytest -q suites --benchmark "$@"
-.venv/bin/python -m harness.report --results reports/results/full
+.venv/bin/python -m harness.report --results reports/results/full --out reports

@@ -6,12 +6,11 @@ from __future__ import annotations
 from dataclasses import asdict
 
 import pytest
-
-from harness.cost import model_cost
-from harness.registry import create_model
-from harness.zoo import build_localizer
-
 from suite_results import write_result
+
+from harness.models import sha256_file
+from harness.models.cost import model_cost
+from harness.models.registry import create_model
 
 FIELD_MODELS = ("hrnet_w48", "hrnet_w18", "pidnet_m", "lite_hrnet_18")
 HW = (400, 400)
@@ -33,7 +32,7 @@ def test_field_model_cost(arch, settings):
 
 def test_zoo_cost(localizer_specs, settings):
     for spec in localizer_specs:
-        bare = build_localizer(spec.arch, spec.input_size, spec.ckpt).backbone
+        bare = spec.build().backbone
         at_400 = model_cost(bare, HW)
         side = spec.input_size or HW[0]
         at_input = model_cost(bare, (side, side)) if side != HW[0] else at_400
@@ -41,4 +40,6 @@ def test_zoo_cost(localizer_specs, settings):
         assert at_input.total_gmacs <= at_400.total_gmacs + 1e-9
         forwards = 2 if spec.flip_test else 1
         _record(settings, spec.label, {"arch": spec.arch, "role": spec.role, **asdict(at_400), "input_size": side,
-                                       "flip_test": spec.flip_test, "input_gmacs": forwards * at_input.total_gmacs})
+                                       "flip_test": spec.flip_test, "input_gmacs": forwards * at_input.total_gmacs,
+                                       # the report joins these figures to accuracy only for the same checkpoint
+                                       "checkpoint_sha256": sha256_file(spec.ckpt) if spec.ckpt else None})

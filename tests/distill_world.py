@@ -15,7 +15,7 @@ from harness.data.manifest import secret_to_str, write_manifest
 from harness.distill.config import DataConfig, Recipe, ValidationConfig, recipe_from_dict
 from harness.distill.data import FixedScenes, Scene
 from harness.distill.trainer import Builders
-from harness.zoo import Localizer, load_checkpoint
+from harness.models import Localizer, load_checkpoint
 
 WIDTHS = {"tiny_student": 4, "tiny_teacher": 6}
 

@@ -9,14 +9,14 @@ import pytest
 import torch
 import torch.nn as nn
 from PIL import Image
+from tiny_world import BrightLocalizer, CellSDecoder, NanLocalizer, make_dataset
 
-from harness import geometry
+from harness.core import geometry
+from harness.core.roi import RoiResult, crop_box, crop_mask_and_image, resolve_roi_fn
 from harness.data import load_dataset, load_image
 from harness.pipeline.batched import ORACLE, BatchedEvaluator, NamedLocalizer
 from harness.pipeline.reference import Decoder2Config, Decoder2Reference
 from harness.pipeline.views import ViewSpec, prepare
-from harness.roi import RoiResult, crop_box, crop_mask_and_image, resolve_roi_fn
-from tiny_world import BrightLocalizer, CellSDecoder, NanLocalizer, make_dataset
 
 TILTS = (-2.5, 0.0, 3.0)
 

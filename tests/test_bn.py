@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from harness.bn import BatchNormModeError, bn_context, inference_context
+from harness.core.bn import BatchNormModeError, bn_context, inference_context
 
 
 def _net() -> nn.Module:

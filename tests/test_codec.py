@@ -5,12 +5,20 @@ import numpy as np
 import pytest
 import torch
 
-from harness.codec import ReferenceSDecoder, embed
-from harness.codec.bench import (
-    box_error_roi, chain_acc, jpeg, on_background, psnr, rotated_in_place, scene_roi, tilted_scene, to_roi,
+from harness.bench.codec import (
+    box_error_roi,
+    chain_acc,
+    jpeg,
+    on_background,
+    psnr,
+    rotated_in_place,
+    scene_roi,
+    tilted_scene,
+    to_roi,
 )
+from harness.codec import ReferenceSDecoder, embed
 from harness.data.content import label_content
-from harness.registry import create_model, list_models
+from harness.models.registry import create_model, list_models
 
 N_LABELS = 6
 

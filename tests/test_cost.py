@@ -8,10 +8,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from harness.cost import Cost, Latency, count_conv_macs, main, measure_latency, model_cost
-from harness.registry import create_model
-
-
+from harness.cost import main
+from harness.models.cost import Cost, Latency, count_conv_macs, measure_latency, model_cost
+from harness.models.registry import create_model
 
 
 def test_hrnet_w18_cost_at_400_matches_the_official_counts(caplog):

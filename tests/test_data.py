@@ -29,7 +29,10 @@ def _mask(size=(80, 80)) -> Image.Image:
     return Image.fromarray(mask, "L")
 
 
-def _write(root: Path, rows: list[dict[str, str]], columns=("id", "file", "secret", "mask_file", "quad", "tilt_deg", "kind")):
+COLUMNS = ("id", "file", "secret", "mask_file", "quad", "tilt_deg", "kind")
+
+
+def _write(root: Path, rows: list[dict[str, str]], columns=COLUMNS):
     with open(root / "manifest.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()

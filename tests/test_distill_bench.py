@@ -1,7 +1,7 @@
 """The KD overhead benchmark runs end to end and reports a ratio."""
 from __future__ import annotations
 
-from harness.distill import bench
+from harness.bench import distill as bench
 
 
 def test_bench_reports_the_kd_overhead_ratio(capsys):

@@ -4,10 +4,10 @@ from __future__ import annotations
 import json
 
 import torch
+from tiny_world import make_dataset
 
 from harness.distill.compare import compare
-from harness.registry import create_model
-from tiny_world import make_dataset
+from harness.models.registry import create_model
 
 
 def _run(root, name, seed, kd):

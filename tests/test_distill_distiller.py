@@ -13,10 +13,18 @@ from harness.distill.connectors import ConnectorError
 from harness.distill.distiller import ConfigurableDistiller, DistillerConfigError, SingleTeacherDistill
 from harness.distill.recorders import RecorderError
 from harness.distill.trainer import Builders, Trainer
-from tests.distill_world import (BUILDERS, SEED_DISTILLER, save_teacher, tiny_localizer, tiny_recipe, train_scenes,
-                                 val_set)
+from tests.distill_world import (
+    BUILDERS,
+    SEED_DISTILLER,
+    save_teacher,
+    tiny_localizer,
+    tiny_recipe,
+    train_scenes,
+    val_set,
+)
 
 RECIPES = Path(__file__).resolve().parents[1] / "students" / "recipes"
+SEED_RECIPE = Path(__file__).resolve().parent / "fixtures" / "recipes" / "student_hrnet_w18_small_l2.toml"
 
 
 def _broken(path: str, value=None, delete: bool = False) -> dict:
@@ -132,9 +140,9 @@ def test_teacher_weights_and_bn_statistics_unchanged_by_training(tmp_path):
     assert len(teacher.backbone.last_layer[3]._forward_hooks) == 0
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in RECIPES.glob("*.toml")))
-def test_shipped_recipes_load_and_their_distillers_build(name):
-    recipe = load_recipe(RECIPES / name)
+@pytest.mark.parametrize("path", [*sorted(RECIPES.glob("*.toml")), SEED_RECIPE], ids=lambda p: p.name)
+def test_shipped_recipes_load_and_their_distillers_build(path):
+    recipe = load_recipe(path)
     assert recipe.model.input_size <= 256 and recipe.data.tilt_deg == 5.0
     if recipe.distiller:
         assert recipe.teacher is not None
@@ -142,10 +150,10 @@ def test_shipped_recipes_load_and_their_distillers_build(name):
 
 
 def test_seed_style_recipe_records_last_layer_and_runs_a_step(tmp_path):
-    """The shipped result-distillation recipe on the real HRNets (tiny inputs, tiny data, one step)."""
-    from harness.zoo import build_localizer
+    """The seed-style L2 recipe (a test fixture) on the real HRNets (tiny inputs, tiny data, one step)."""
+    from harness.models import build_localizer
 
-    recipe = load_recipe(RECIPES / "student_hrnet_w18_small_l2.toml")
+    recipe = load_recipe(SEED_RECIPE)
     torch.manual_seed(0)
     teacher = build_localizer(recipe.teacher.name, 64)
     with torch.no_grad():

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import torch
 
 from harness.distill.export import export_run
-from harness.registry import create_model
-from harness.zoo import load_card
+from harness.models import LineageStep, load_card, sha256_file
+from harness.models.registry import create_model
 
 
 def _fake_run(tmp_path):
@@ -91,3 +92,49 @@ def test_card_of_a_mined_set_names_its_source_and_the_mining(tmp_path, monkeypat
     assert card.training["data"] == ("folder:data/train (2 scenes, generator seed 7, 50% same-source; the 1 whose "
                                      "mean mask IoU under t was below 0.85 repeated 3 more times; tilt augmentation "
                                      "±5.0°)")
+
+
+def test_card_lineage_ends_with_this_run(tmp_path):
+    run, _ = _fake_run(tmp_path)
+    card = load_card(export_run(run, "w18s", "student", Path("recipes/ft.toml"), root=tmp_path / "a") / "card.toml")
+    assert card.lineage == (LineageStep("recipes/ft.toml", "runs/phase1/student.pt"),)  # a file it cannot see
+
+    config = json.loads((run / "config.json").read_text())
+    config["model"]["init_ckpt"] = ""
+    (run / "config.json").write_text(json.dumps(config))
+    card = load_card(export_run(run, "w18s", "student", Path("recipes/kd.toml"), root=tmp_path / "b") / "card.toml")
+    assert card.lineage == (LineageStep("recipes/kd.toml", "scratch"),)
+
+
+def test_card_lineage_continues_the_card_of_the_initial_checkpoint(tmp_path):
+    run, _ = _fake_run(tmp_path)
+    first = export_run(run, "w18s", "student", Path("recipes/kd.toml"), root=tmp_path / "zoo")
+    digest = sha256_file(first / "weights.pt")
+    config = json.loads((run / "config.json").read_text())
+    config["model"]["init_ckpt"] = str(first / "weights.pt")
+    (run / "config.json").write_text(json.dumps(config))
+    # in place: the run started from the weights this export replaces, so their card is read before they are
+    card = load_card(export_run(run, "w18s", "student", Path("recipes/ft.toml"), root=tmp_path / "zoo") / "card.toml")
+    assert [step.recipe for step in card.lineage] == ["recipes/kd.toml", "recipes/ft.toml"]
+    assert card.lineage[1].init == f"w18s weights, sha256 {digest[:12]}"
+
+
+def test_lineage_from_names_the_earlier_runs(tmp_path):
+    from harness.distill.__main__ import main
+
+    run, _ = _fake_run(tmp_path)
+    earlier = tmp_path / "earlier.toml"
+    earlier.write_text('name = "e"\narch = "hrnet_w18_small_v1"\nrole = "student"\nrecipe = "recipes/b.toml"\n'
+                       '[[lineage]]\nrecipe = "recipes/a.toml"\ninit = "scratch"\n'
+                       '[[lineage]]\nrecipe = "recipes/b.toml"\ninit = "e phase-1 weights, git 0123abc"\n')
+    assert main(["export", str(run), "--name", "w18s", "--role", "student", "--recipe", "recipes/c.toml",
+                 "--root", str(tmp_path / "zoo"), "--lineage-from", str(earlier)]) == 0
+    card = load_card(tmp_path / "zoo" / "w18s" / "card.toml")
+    assert [step.recipe for step in card.lineage] == ["recipes/a.toml", "recipes/b.toml", "recipes/c.toml"]
+    assert card.lineage[-1].init == "runs/phase1/student.pt"
+
+    # a card written before lineages existed stands for its own run
+    earlier.write_text('name = "e"\narch = "hrnet_w18_small_v1"\nrole = "student"\nrecipe = "recipes/b.toml"\n'
+                       '[training]\ninit_ckpt = ""\n')
+    out = export_run(run, "w18s", "student", Path("recipes/c.toml"), root=tmp_path / "zoo2", lineage_from=earlier)
+    assert load_card(out / "card.toml").lineage[0] == LineageStep("recipes/b.toml", "scratch")

@@ -4,8 +4,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.distill.losses import (BinaryKLDivergence, ChannelWiseDivergence, DecodeLoss, KLDivergence, L2Loss,
-                                    MaskLoss, SoftBCE, soft_boxes)
+from harness.distill.losses import (
+    BinaryKLDivergence,
+    ChannelWiseDivergence,
+    DecodeLoss,
+    KLDivergence,
+    L2Loss,
+    MaskLoss,
+    SoftBCE,
+    soft_boxes,
+)
 from harness.distill.warp import crop_boxes
 from tests.distill_world import TinySDecoder
 

@@ -6,10 +6,11 @@ import json
 import pytest
 import torch
 
+from harness.distill.checkpoint import read_student
 from harness.distill.config import RecipeError, load_recipe, recipe_from_dict, with_seed
 from harness.distill.data import StepBatchSampler, TrainSamples, make_loader
 from harness.distill.trainer import default_train_scenes, lr_factor, train
-from tests.distill_world import BUILDERS, TinyNet, WIDTHS, save_teacher, tiny_recipe, tiny_scenes
+from tests.distill_world import BUILDERS, WIDTHS, TinyNet, save_teacher, tiny_recipe, tiny_scenes
 
 
 def _run(recipe, out, **kw):
@@ -24,7 +25,8 @@ def test_run_directory_and_strict_student_load(tmp_path):
     assert config["model"]["name"] == "tiny_student" and config["optim"]["grad_clip"] == 5.0  # defaults resolved
     events = [json.loads(line)["event"] for line in (run / "log.jsonl").read_text().splitlines()]
     assert events[0] == "start" and events.count("train") == 4 and events.count("val") == 2 and events[-1] == "end"
-    weights = torch.load(run / "student.pt", weights_only=True)
+    weights, saved_config = read_student(run / "student.pt")
+    assert json.loads(json.dumps(saved_config)) == config  # the best checkpoint carries its recipe
     assert all(v.dtype == torch.float32 for v in weights.values() if v.is_floating_point())
     TinyNet(WIDTHS["tiny_student"]).load_state_dict(weights, strict=True)
     last = torch.load(run / "last.pt", weights_only=True)
@@ -90,8 +92,8 @@ def test_a_seed_override_is_recorded_and_changes_the_run(tmp_path):
     _run(base, tmp_path / "s0")
     _run(with_seed(base, 1), tmp_path / "s1")
     assert json.loads((tmp_path / "s1" / "config.json").read_text())["run"]["seed"] == 1
-    a = torch.load(tmp_path / "s0" / "student.pt", weights_only=True)
-    b = torch.load(tmp_path / "s1" / "student.pt", weights_only=True)
+    a, _ = read_student(tmp_path / "s0" / "student.pt")
+    b, _ = read_student(tmp_path / "s1" / "student.pt")
     assert any(not torch.equal(a[key], b[key]) for key in a)
     with pytest.raises(RecipeError, match=r"run\.seed"):  # a resume under another seed would mix two runs
         _run(with_seed(base, 2), tmp_path / "s1", resume=True)

@@ -8,14 +8,14 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn as nn
-
-import harness.summary as summary_module
-from harness.eval import main as eval_main
-from harness.eval import parse_tilts
-from harness.evaluate import EvalConfig, EvalError, ModelSpec, Models, evaluate
-from harness.pipeline.batched import BatchedEvaluator, NamedLocalizer
-from harness.summary import aggregate
 from tiny_world import BrightLocalizer, CellSDecoder, NanLocalizer, TwoChannelLocalizer, make_dataset
+
+import harness.run.summary as summary_module
+from harness.eval import main as eval_main
+from harness.pipeline.batched import BatchedEvaluator, NamedLocalizer
+from harness.run import EvalConfig, EvalError, Models, ModelSpec, evaluate
+from harness.run.options import parse_tilts
+from harness.run.summary import aggregate
 
 TILTS = (-3.0, 0.0, 1.5)
 
@@ -88,7 +88,7 @@ def test_interrupted_run_resumes_to_identical_records_and_summary(data_dir, tmp_
     assert set(frame.loc[frame["model"] == "oracle", "role"]) == {"oracle"}
     assert (frame["status"] == "ok").all()
     assert not {"ms", "date"} & set(frame.columns)  # timings live in timings.csv
-    assert whole.results[0]["model"] == "bright" and whole.results[0]["n_clean"] == len(TILTS)
+    assert whole.results[0].model == "bright" and whole.results[0].n_clean == len(TILTS)
 
 
 def test_changed_configuration_refuses_the_out_dir(data_dir, tmp_path):
@@ -115,11 +115,11 @@ def test_bad_inputs_are_recorded_and_the_run_goes_on(data_dir, tmp_path):
     assert len(nan_rows) >= 1 and (nan_rows["status"] == "failed").all()
     assert (frame.loc[(frame["model"] == "bright_s") & (frame["sample_id"] != "s002"), "status"] == "roi_empty").all()
     assert (frame.loc[(frame["model"] == "oracle") & (frame["sample_id"] != "s002"), "status"] == "ok").all()
-    student = next(r for r in result.results if r["model"] == "bright_s")
-    assert student["roi_empty_rate"] == pytest.approx(4 / 5) and student["failed"] == 1
-    assert student["bit_acc"]["mean"] == 0.0  # rows without bits count as 0, as the gate counts them
-    teacher = next(r for r in result.results if r["model"] == "bright")
-    assert teacher["failed"] == len(nan_rows) + 1 and teacher["failures"][0]["reason"]
+    student = result.row("bright_s")
+    assert student.roi_empty_rate == pytest.approx(4 / 5) and student.failed == 1
+    assert student.bit_acc.mean == 0.0  # rows without bits count as 0, as the gate counts them
+    teacher = result.row("bright")
+    assert teacher.failed == len(nan_rows) + 1 and teacher.failures[0].reason
 
 
 def test_pre_run_errors_name_the_model(data_dir, tmp_path):
@@ -160,18 +160,18 @@ def test_summary_figures_by_hand():
         m + ("c", 0, 1.0, "ok", "", 0.50, 50, 0, 0.5, np.nan),
     ]
     (entry,) = aggregate(_records(rows), n_bits=100)
-    assert entry["bit_acc"]["mean"] == _approx((1.0 + 0.7 + 0.64 + 0.0) / 4)
-    assert entry["per_tilt"] == {"0": _approx(0.85), "1": _approx(0.32)}
-    assert entry["tilt_min"] == _approx(0.32) and entry["tilt_max"] == _approx(0.85)
-    assert entry["bit_acc_ok"] == _approx((1.0 + 0.7 + 0.64) / 3)
-    assert entry["word_acc"] == _approx(0.25)
-    det = {d["fpr"]: d for d in entry["detection"]}
-    assert det[1e-2]["threshold_bits"] == 63 and det[1e-2]["tpr"] == _approx(0.75)
-    assert det[1e-3]["threshold_bits"] == 66 and det[1e-3]["tpr"] == _approx(0.5)
-    assert det[1e-3]["empirical_fpr"] == _approx(0.5) and det[1e-3]["n_clean"] == 2
-    assert det[1e-6]["threshold_bits"] == 74 and det[1e-6]["empirical_fpr"] == 0.0
-    assert entry["roi_empty_rate"] == _approx(1 / 6)
-    assert entry["mask_iou"] == _approx((0.9 + 0.7 + 0.8 + 0.0) / 4)
+    assert entry.bit_acc.mean == _approx((1.0 + 0.7 + 0.64 + 0.0) / 4)
+    assert entry.per_tilt == {"0": _approx(0.85), "1": _approx(0.32)}
+    assert entry.tilt_min == _approx(0.32) and entry.tilt_max == _approx(0.85)
+    assert entry.bit_acc_ok == _approx((1.0 + 0.7 + 0.64) / 3)
+    assert entry.word_acc == _approx(0.25)
+    det = {d.fpr: d for d in entry.detection}
+    assert det[1e-2].threshold_bits == 63 and det[1e-2].tpr == _approx(0.75)
+    assert det[1e-3].threshold_bits == 66 and det[1e-3].tpr == _approx(0.5)
+    assert det[1e-3].empirical_fpr == _approx(0.5) and det[1e-3].n_clean == 2
+    assert det[1e-6].threshold_bits == 74 and det[1e-6].empirical_fpr == 0.0
+    assert entry.roi_empty_rate == _approx(1 / 6)
+    assert entry.mask_iou == _approx((0.9 + 0.7 + 0.8 + 0.0) / 4)
 
 
 def test_parse_tilts():
@@ -240,7 +240,7 @@ def test_cli_says_when_a_card_asks_for_the_flip_test_it_does_not_get(tmp_path, c
 
 
 def test_cli_labels_name_models_in_the_records(tmp_path, data_dir, capsys):
-    from harness.zoo import build_localizer
+    from harness.models import build_localizer
     ckpts = []
     for seed in (0, 1):  # two checkpoints of one architecture, as when a teacher is compared with its last phase
         torch.manual_seed(seed)
@@ -293,3 +293,120 @@ def test_cli_flip_test_by_label_or_architecture(tmp_path):
                                                    f'flip_test = {flip}\n')
     assert [m.flip_test for m in _cli_config("--zoo", str(tmp_path)).localizers] == [False, True]
     assert [m.flip_test for m in _cli_config("--zoo", str(tmp_path), "--flip-test", "s").localizers] == [True, True]
+
+
+@pytest.mark.parametrize("option", ["--tilts", "--angles", "--fpr-secret", "--data", "--out", "--mode", "--roi-fn"])
+@pytest.mark.parametrize("value", ["", "  "])
+def test_cli_refuses_an_empty_option_value_by_name(tmp_path, data_dir, capsys, option, value):
+    argv = {"--localizer": "bright", "--sdecoder": "cells", "--data": str(data_dir), "--out": str(tmp_path / "o")}
+    argv[option] = value
+    code = eval_main([a for k, v in argv.items() for a in (k, v)] + ["--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{option} is empty" in err  # never the default sweep, never a run in the current folder
+    assert not (tmp_path / "o").exists()
+
+
+def test_parse_tilts_names_the_option_and_refuses_empty_items():
+    for bad in ("", " ", "1,,2", "1,", ","):
+        with pytest.raises(ValueError, match="--angles"):
+            parse_tilts(bad, "--angles")
+
+
+def test_an_empty_fpr_secret_is_refused(data_dir, tmp_path):
+    with pytest.raises(EvalError, match="fpr_secret is empty"):
+        evaluate(_config(data_dir, fpr_secret=""), tmp_path / "out", models=_models(), progress=False)
+
+
+# ------------------------------------------------------------------------------------ photos without a mask (n/a)
+
+
+def _without_masks(data_dir, out, ids: set[str]):
+    """A copy of the dataset whose photos `ids` lose their ground-truth mask."""
+    import csv
+
+    out.mkdir()
+    for f in data_dir.iterdir():
+        (out / f.name).write_bytes(f.read_bytes())
+    with open(out / "manifest.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        if row["id"] in ids:
+            row["mask_file"] = ""
+    with open(out / "manifest.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return out
+
+
+def test_photos_without_a_mask_have_no_oracle_row_and_no_iou(data_dir, tmp_path):
+    whole = evaluate(_config(data_dir, tilts=(0.0,)), tmp_path / "all", models=_models(), progress=False)
+    partial = _without_masks(data_dir, tmp_path / "data", {"s001"})
+    result = evaluate(_config(partial, tilts=(0.0,)), tmp_path / "some", models=_models(), progress=False)
+    frame = pd.read_csv(tmp_path / "some" / "records.csv", dtype={"sample_id": str}, keep_default_na=False)
+    oracle = frame[frame["model"] == "oracle"]
+    assert "s001" not in set(oracle["sample_id"]) and (oracle["status"] == "ok").all()  # no failed 0 % row
+    assert set(frame.loc[(frame["sample_id"] == "s001"), "iou"]) == {""}  # IoU: n/a, not 0
+    # photos with masks: their records are exactly those of the run where every photo has one
+    lines_all = (tmp_path / "all" / "records.csv").read_text().splitlines()
+    lines_some = (tmp_path / "some" / "records.csv").read_text().splitlines()
+    assert [x for x in lines_all if ",s001," not in x] == [x for x in lines_some if ",s001," not in x]
+    row = result.row("oracle", "oracle")
+    assert (row.n_photos, row.n_watermarked) == (4, 3)  # the oracle counts only the photos with a mask
+    assert whole.row("oracle", "oracle").n_photos == 5
+
+
+def test_no_mask_at_all_gives_no_oracle_entry_and_no_iou(data_dir, tmp_path):
+    bare = _without_masks(data_dir, tmp_path / "data", {f"s{i:03d}" for i in range(5)})
+    result = evaluate(_config(bare, tilts=(0.0,)), tmp_path / "run", models=_models(), progress=False)
+    assert result.row("oracle", "oracle") is None
+    assert result.row("bright").mask_iou is None
+    doc = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert doc["results"][0]["mask_iou"] is None  # null in JSON: n/a
+
+
+# ------------------------------------------------------------------------------------------- the results contract
+
+
+def test_summary_json_round_trips_byte_for_byte_and_names_malformed_keys(data_dir, tmp_path):
+    from harness.run.results import ResultsFormatError, read_summary
+
+    evaluate(_config(data_dir, tilts=(0.0,)), tmp_path / "run", models=_models(), progress=False)
+    path = tmp_path / "run" / "summary.json"
+    text = path.read_text()
+    assert read_summary(path).to_json() == text
+    doc = json.loads(text)
+    assert list(doc["results"][0]) == ["model", "role", "roi_source", "n_rows", "n_watermarked", "n_clean",
+                                       "n_photos", "bit_acc", "bit_acc_ok", "per_tilt", "tilt_min", "tilt_max",
+                                       "word_acc", "blind_bit_acc", "detection", "mask_iou", "roi_empty_rate",
+                                       "failed", "failures"]
+    for mutate, where in [(lambda d: d["results"][1]["bit_acc"].update(mean="0.9"), "results[1].bit_acc.mean"),
+                          (lambda d: d["results"][0].pop("n_rows"), "results[0].n_rows"),
+                          (lambda d: d["provenance"]["config"].pop("tilts"), "provenance.config.tilts"),
+                          (lambda d: d["provenance"].update(dataset_hash=7), "provenance.dataset_hash")]:
+        bad = json.loads(text)
+        mutate(bad)
+        path.write_text(json.dumps(bad))
+        with pytest.raises(ResultsFormatError, match=rf"{path}.*{where.replace('[', '.').replace(']', '.')}"):
+            read_summary(path)
+    path.write_text(text[: len(text) // 2])
+    with pytest.raises(ResultsFormatError, match=f"{path}: not valid JSON"):
+        read_summary(path)
+
+
+def test_the_counts_0_rule_is_one_function():
+    from harness.run.results import counted_bit_acc
+
+    assert counted_bit_acc("ok", 0.97) == 0.97
+    assert counted_bit_acc("roi_empty", None) == 0.0 and counted_bit_acc("failed", float("nan")) == 0.0
+    status = pd.Series(["ok", "roi_empty", "failed", "ok"])
+    values = pd.Series([0.9, np.nan, np.nan, 0.5])
+    assert counted_bit_acc(status, values).tolist() == [0.9, 0.0, 0.0, 0.5]
+
+
+def test_distill_compare_refuses_empty_tilts_by_name(tmp_path, capsys):
+    from harness.distill.__main__ import main as distill_main
+
+    code = distill_main(["compare", str(tmp_path), "--data", str(tmp_path), "--tilts", " ",
+                         "--out", str(tmp_path / "o")])
+    assert code == 2 and "--tilts is empty" in capsys.readouterr().err

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from harness import gate
 from harness.data.reference import ReferenceSetConfig, reference_set
-from harness.evaluate import EvalConfig, ModelSpec, evaluate
-from harness.zoo import list_cards
+from harness.gate import main as gate_main
+from harness.models import list_cards
+from harness.run import EvalConfig, ModelSpec, evaluate
 
 
 def _student_card():
@@ -28,8 +28,8 @@ def test_gate_fails_on_a_degraded_student_and_passes_on_the_shipped_one(tmp_path
     data = reference_set(ReferenceSetConfig(n_marked=2, n_clean=0, seed=1000), tmp_path / "data")
     _evaluate(card, card.checkpoint_path, data, tmp_path / "shipped" / "robustness")
     baseline = tmp_path / "baseline.json"
-    assert gate.main(["--baseline", str(baseline), "--results", str(tmp_path / "shipped"), "--update"]) == 0
-    assert gate.main(["--baseline", str(baseline), "--results", str(tmp_path / "shipped")]) == 0
+    assert gate_main(["--baseline", str(baseline), "--results", str(tmp_path / "shipped"), "--update"]) == 0
+    assert gate_main(["--baseline", str(baseline), "--results", str(tmp_path / "shipped")]) == 0
 
     state = torch.load(card.checkpoint_path, weights_only=True)
     generator = torch.Generator().manual_seed(0)
@@ -38,4 +38,4 @@ def test_gate_fails_on_a_degraded_student_and_passes_on_the_shipped_one(tmp_path
                 if v.ndim == 4 else v for k, v in state.items()}
     torch.save(degraded, tmp_path / "degraded.pt")
     _evaluate(card, tmp_path / "degraded.pt", data, tmp_path / "degraded" / "robustness")
-    assert gate.main(["--baseline", str(baseline), "--results", str(tmp_path / "degraded")]) == 1
+    assert gate_main(["--baseline", str(baseline), "--results", str(tmp_path / "degraded")]) == 1

@@ -6,8 +6,17 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from harness import geometry
-from harness.geometry import edt_indices, fit, rotate_fill, rotate_tensor, tilt_mask, tilt_photo, tilt_points, to_tensor
+from harness.core import geometry
+from harness.core.geometry import (
+    edt_indices,
+    fit,
+    rotate_fill,
+    rotate_tensor,
+    tilt_mask,
+    tilt_photo,
+    tilt_points,
+    to_tensor,
+)
 
 
 def _noise_image(h: int = 24, w: int = 24, seed: int = 0, low: int = 1) -> Image.Image:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy import stats
 
-from harness import metrics as m
+from harness.core import metrics as m
 
 
 def test_bce_per_sample_is_torch_bce_with_log_clamp():

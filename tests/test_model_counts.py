@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
-from harness.cost import count_conv_macs
-from harness.registry import create_model, list_models
+from harness.models.cost import count_conv_macs
+from harness.models.registry import create_model, list_models
 
 PARAMS_REL = 1e-3  # 0.1 %
 MACS_REL = 1e-2  # 1 %

@@ -16,9 +16,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from harness.nets.hrnet import HighResolutionNet
-from harness.registry import create_model, get_entry
-from harness.zoo import load_checkpoint
+from harness.models import load_checkpoint
+from harness.models.nets.hrnet import HighResolutionNet
+from harness.models.registry import create_model, get_entry
 
 HRNETS = ["hrnet_w18_small_v1", "hrnet_w18_small_v2", "hrnet_w18", "hrnet_w32", "hrnet_w48"]
 FIXTURE = Path(__file__).parent / "fixtures" / "hrnet_w18_official_keys.json.gz"
@@ -92,7 +92,7 @@ def test_bilinear_fuse_follows_target_size_exactly():
 
 
 def test_branch_count_mismatch_is_a_clear_error():
-    from harness.nets.hrnet import HighResolutionModule, BasicBlock
+    from harness.models.nets.hrnet import BasicBlock, HighResolutionModule
     with pytest.raises(ValueError, match="branch counts disagree"):
         HighResolutionModule(BasicBlock, (2, 2), (16, 32, 64), (16, 32))
 

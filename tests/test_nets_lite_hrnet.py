@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from harness.nets.lite_hrnet import LiteHRModule, lite_hrnet_18, lite_hrnet_30
-from harness.registry import get_entry
+from harness.models.nets.lite_hrnet import LiteHRModule, lite_hrnet_18, lite_hrnet_30
+from harness.models.registry import get_entry
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

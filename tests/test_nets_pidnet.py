@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.cost import model_cost
-from harness.nets.pidnet import pidnet_l, pidnet_m, pidnet_s
-from harness.registry import create_model, get_entry
+from harness.models.cost import model_cost
+from harness.models.nets.pidnet import pidnet_l, pidnet_m, pidnet_s
+from harness.models.registry import create_model, get_entry
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

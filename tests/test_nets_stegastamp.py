@@ -4,10 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.nets.stegastamp import StegaStampDecoder, stegastamp_decoder
-from harness.registry import create_model, get_entry
-
-
+from harness.models.nets.stegastamp import StegaStampDecoder, stegastamp_decoder
+from harness.models.registry import create_model, get_entry
 
 
 def _small(secret_len: int = 16) -> StegaStampDecoder:

@@ -6,8 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from harness import paired
-from harness.records import Record, to_csv
+from harness.outputs import paired
+from harness.paired import main as paired_main
+from harness.run.records import Record, to_csv
 
 ANGLES = (0.0, 3.0, -3.0)
 
@@ -75,15 +76,30 @@ def test_bad_sides_exit_2_naming_what_is_wrong(tmp_path, capsys):
              ([f"{run}:techer", f"{run}:teacher"], "its models: student, teacher"),
              ([f"{run}:teacher", f"{other}:teacher"], "share no watermarked photo")]
     for argv, message in cases:
-        assert paired.main(argv) == 2
+        assert paired_main(argv) == 2
         assert message in capsys.readouterr().err
 
 
 def test_cli_prints_the_three_tables(tmp_path, capsys):
     run = _write(tmp_path / "run", {"teacher": {"p1": [1.0] * 3, "p2": [0.9] * 3},
                                     "student": {"p1": [0.95] * 3, "p2": [0.9] * 3}})
-    assert paired.main([f"{run}:teacher", f"{run}:student", "--top", "1"]) == 0
+    assert paired_main([f"{run}:teacher", f"{run}:student", "--top", "1"]) == 0
     out = capsys.readouterr().out
     assert "B − A: **-2.50 points** over 2 photos" in out
     assert "| tilt °" in out and "| photo" in out
     assert "| p1 " in out and "| p2 " not in out  # --top 1
+
+
+def test_empty_rois_count_as_zero_through_the_shared_rule_and_missing_iou_reads_n_a(tmp_path):
+    records = [_record("a", "p1", 0.0, 1.0), _record("a", "p2", 0.0, 1.0, iou=None),
+               _record("b", "p1", 0.0, None, status="roi_empty", iou=0.0),
+               _record("b", "p2", 0.0, 1.0, iou=None)]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "records.csv").write_text(to_csv(records, ANGLES))
+    p = _compare(f"{run}:a", f"{run}:b")
+    assert p.per_photo.loc["p1", "b"] == 0.0 and p.difference()[0] == pytest.approx(-50.0)
+    moved = paired.render(p, top=2).split("moved most")[1]
+    p2 = next(line for line in moved.splitlines() if line.startswith("| p2"))
+    assert [c.strip() for c in p2.split("|")[-3:-1]] == ["n/a", "n/a"]  # no ground-truth mask: n/a, not 0 or blank
+    assert "| 0.00 " in next(line for line in moved.splitlines() if line.startswith("| p1"))  # a real 0 stays 0

@@ -6,13 +6,13 @@ import math
 import numpy as np
 import pytest
 import torch
-
-from harness.data import load_dataset
-from harness.evaluate import bits_hex
-from harness.pipeline import bench
-from harness.pipeline.batched import NamedLocalizer
-from harness.records import Record, columns, finished_chunks, merge_parts, part_path, to_csv, write_atomic
 from tiny_world import BrightLocalizer, CellSDecoder, make_dataset
+
+from harness.bench import pipeline as bench
+from harness.data import load_dataset
+from harness.pipeline.batched import NamedLocalizer
+from harness.run.evaluate import bits_hex
+from harness.run.records import Record, columns, finished_chunks, merge_parts, part_path, to_csv, write_atomic
 
 ANGLES = (0.0, 3.0, -3.0)
 

@@ -12,9 +12,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from harness import geometry
+from harness.core import geometry
+from harness.core.roi import RoiResult
 from harness.pipeline.reference import Decoder2Config, Decoder2Reference
-from harness.roi import RoiResult
 
 SIZE = 64  # the chain's fit size in these tests (the ROI is still 400×400)
 LABEL = (12, 14, 52, 54)  # x0, y0, x1, y1 of the 40×40 label in the fitted photo
@@ -258,7 +258,7 @@ def test_reference_codec_through_the_chain_with_the_oracle_roi():
 
 def test_teacher_mask_with_registry_models():
     from harness.codec import ReferenceSDecoder
-    from harness.zoo import build_localizer
+    from harness.models import build_localizer
 
     photo, _, bits = _codec_scene()
     torch.manual_seed(1)

@@ -6,8 +6,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.roi import (NonFiniteLogits, RoiResult, as_roi_result, box_from_mask, crop_box, crop_mask_and_image,
-                         resolve_roi_fn)
+from harness.core.roi import (
+    NonFiniteLogits,
+    RoiResult,
+    as_roi_result,
+    box_from_mask,
+    crop_box,
+    crop_mask_and_image,
+    resolve_roi_fn,
+)
 
 
 def _logits(h: int = 40, w: int = 50) -> torch.Tensor:
@@ -75,14 +82,14 @@ def test_crop_box_size():
 
 def test_resolve_roi_fn_forms_and_errors():
     assert resolve_roi_fn(None) is crop_mask_and_image
-    assert resolve_roi_fn("harness.roi:crop_mask_and_image") is crop_mask_and_image
-    assert resolve_roi_fn("harness.roi.crop_mask_and_image") is crop_mask_and_image
+    assert resolve_roi_fn("harness.core.roi:crop_mask_and_image") is crop_mask_and_image
+    assert resolve_roi_fn("harness.core.roi.crop_mask_and_image") is crop_mask_and_image
     with pytest.raises(ImportError, match="no_such_module"):
         resolve_roi_fn("no_such_module:f")
     with pytest.raises(ImportError, match="'nope'"):
-        resolve_roi_fn("harness.roi:nope")
+        resolve_roi_fn("harness.core.roi:nope")
     with pytest.raises(TypeError, match="not callable"):
-        resolve_roi_fn("harness.roi:ROI_SIZE")
+        resolve_roi_fn("harness.core.roi:ROI_SIDE")
     with pytest.raises(ValueError, match="expected"):
         resolve_roi_fn("plainname")
 

@@ -14,9 +14,15 @@ import harness.data.synth as synth
 from harness.data import dataset_hash, load_dataset
 from harness.data.__main__ import main as data_main
 from harness.data.content import same_scene, source_images
-from harness.data.synth import (IN_PLACE, SynthConfig, background_source, generate, is_in_place, make_scene,
-                                scene_sources)
-
+from harness.data.synth import (
+    IN_PLACE,
+    SynthConfig,
+    background_source,
+    generate,
+    is_in_place,
+    make_scene,
+    scene_sources,
+)
 
 REAL_WATERMARK = synth.watermark
 
@@ -162,8 +168,8 @@ def test_in_place_scenes_carry_the_watermark_alone(monkeypatch):
     background only under the mask, and the region reads its secret through the ground-truth box."""
     import torch
 
+    from harness.bench.codec import scene_roi
     from harness.codec import ReferenceSDecoder
-    from harness.codec.bench import scene_roi
 
     world = SynthConfig(kind="random", n=40, seed=12)
     hard = SynthConfig(kind="random", n=40, seed=12, in_place=0.5)

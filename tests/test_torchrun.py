@@ -15,7 +15,7 @@ TESTS = Path(__file__).resolve().parent
 ENTRY = """
 import sys
 sys.path.insert(0, {tests!r})
-from harness.registry import register_model
+from harness.models.registry import register_model
 import tiny_world
 
 @register_model("localizer")

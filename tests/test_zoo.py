@@ -9,8 +9,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness.zoo import (IMAGENET_MEAN, IMAGENET_STD, CheckpointError, Localizer, ModelCard, build_localizer,
-                         build_sdecoder, list_cards, load_card, load_checkpoint, sha256_file)
+from harness.models import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    CheckpointError,
+    LineageStep,
+    Localizer,
+    ModelCard,
+    build_localizer,
+    build_sdecoder,
+    list_cards,
+    load_card,
+    load_checkpoint,
+    sha256_file,
+)
 
 SMALL = "hrnet_w18_small_v1"
 
@@ -338,6 +350,13 @@ def test_card_sha256_mismatch_is_an_error(student):
     ('name = "x"\narch = "a"\nrole = "student"\nnotes = 3\n', "\\[notes\\] must be a table"),
     ('name = "x"\narch = "a"\nrole = "student"\nflip_test = "yes"\n', "flip_test must be true or false"),
     ('name = "x\n', "invalid TOML"),
+    ('name = "x"\narch = "a"\nrole = "student"\nlineage = "kd then ft"\n', "lineage must be an array of tables"),
+    ('name = "x"\narch = "a"\nrole = "student"\nlineage = [3]\n', "lineage\\[0\\] must be a table"),
+    ('name = "x"\narch = "a"\nrole = "student"\n[[lineage]]\nrecipe = "r.toml"\n', "lineage\\[0\\].init is required"),
+    ('name = "x"\narch = "a"\nrole = "student"\n[[lineage]]\nrecipe = 1\ninit = "scratch"\n',
+     "lineage\\[0\\].recipe is required"),
+    ('name = "x"\narch = "a"\nrole = "student"\n[[lineage]]\nrecipe = "r.toml"\ninit = "scratch"\nsteps = 3\n',
+     "lineage\\[0\\]: unknown keys \\['steps'\\]"),
 ])
 def test_bad_cards_name_the_file_and_the_fault(tmp_path, body, fault):
     path = _write_card(tmp_path / "bad", body)
@@ -346,13 +365,39 @@ def test_bad_cards_name_the_file_and_the_fault(tmp_path, body, fault):
     assert str(path) in str(err.value)
 
 
+def test_card_lineage_is_a_tuple_of_steps_oldest_first(tmp_path):
+    path = _write_card(tmp_path / "c", 'name = "x"\narch = "a"\nrole = "student"\nrecipe = "b.toml"\n'
+                                        '[[lineage]]\nrecipe = "a.toml"\ninit = "scratch"\n'
+                                        '[[lineage]]\nrecipe = "b.toml"\ninit = "x weights, git 0123abc"\n')
+    card = load_card(path)
+    assert card.lineage == (LineageStep("a.toml", "scratch"), LineageStep("b.toml", "x weights, git 0123abc"))
+    assert load_card(_write_card(tmp_path / "d", 'name = "x"\narch = "a"\nrole = "student"\n')).lineage == ()
+
+
+def test_shipped_cards_state_their_lineage():
+    """Every card in the zoo: trained from scratch at the start, its own recipe at the end, and every recipe of the
+    lineage still in the tree loads."""
+    from harness.distill.config import load_recipe
+
+    repo = Path(__file__).resolve().parents[1]
+    cards = list_cards(repo / "students")
+    assert len(cards) == 4
+    for card in cards:
+        assert card.lineage[0].init == "scratch" and card.lineage[-1].recipe == card.recipe, card.name
+        assert all(step.init != "scratch" for step in card.lineage[1:]), card.name
+        for step in card.lineage:
+            if (repo / step.recipe).is_file():
+                load_recipe(repo / step.recipe)
+        assert (repo / card.recipe).is_file(), card.name
+
+
 def test_missing_card_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="card.toml"):
         load_card(tmp_path / "card.toml")
 
 
 def test_zoo_specs_put_teachers_first_with_their_cards(student, tmp_path):
-    from harness.evaluate import zoo_specs
+    from harness.run import zoo_specs
 
     _write_card(tmp_path / "students" / "zz_teacher", f'name = "zz_teacher"\narch = "{SMALL}"\nrole = "teacher"\n'
                                                        'input_size = 96\nflip_test = true\n')

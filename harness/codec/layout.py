@@ -13,8 +13,9 @@ from functools import lru_cache
 
 import numpy as np
 
+from harness.core.constants import NUM_BITS
+
 LABEL_SIZE = 400
-NUM_BITS = 100
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,6 @@ from harness.data.content import background, label_content
 from harness.data.images import load_image, load_image_with_conversion
 from harness.data.manifest import (
     MIN_SIDE,
-    SECRET_BITS,
     Dataset,
     DatasetError,
     Fault,
@@ -15,6 +14,6 @@ from harness.data.manifest import (
 )
 
 __all__ = [
-    "MIN_SIDE", "SECRET_BITS", "Dataset", "DatasetError", "Fault", "Sample", "background", "dataset_hash",
+    "MIN_SIDE", "Dataset", "DatasetError", "Fault", "Sample", "background", "dataset_hash",
     "label_content", "load_dataset", "load_image", "load_image_with_conversion", "parse_secret", "secret_to_str",
 ]

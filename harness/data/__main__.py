@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from harness.data.manifest import Dataset, DatasetError, dataset_hash, load_dataset
+from harness.data.manifest import Dataset, DatasetError, dataset_hash, load_dataset, manifest_warnings
 
 EXIT_FAULTS = 2
 
@@ -38,7 +38,8 @@ def summary_lines(dataset: Dataset, digest: str) -> list[str]:
         f"watermarked  {watermarked}   clean {len(dataset) - watermarked}",
         f"sizes        {len(set(s.size for s in dataset))} distinct; width {min(widths)}..{max(widths)}, "
         f"height {min(heights)}..{max(heights)}",
-        f"masks        {sum(s.mask_path is not None for s in dataset)}   quads {sum(s.quad is not None for s in dataset)}"
+        f"masks        {sum(s.mask_path is not None for s in dataset)}   "
+        f"quads {sum(s.quad is not None for s in dataset)}"
         f"   tilts {sum(s.tilt_deg is not None for s in dataset)}",
         f"conversions  {_counts(conversions) if conversions else 'none'}",
     ]
@@ -56,6 +57,8 @@ def check(root: Path) -> int:
         print(error, file=sys.stderr)
         return EXIT_FAULTS
     print("\n".join(summary_lines(dataset, dataset_hash(root))))
+    for note in manifest_warnings(dataset):  # valid, but worth knowing before an evaluation
+        print(f"warning: {note}")
     return 0
 
 

@@ -31,14 +31,15 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
+from PIL import Image
 
-from harness.data.images import conversion_note, open_image, read_header
+from harness.core.constants import MAX_PHOTO_PIXELS, NUM_BITS
+from harness.data.images import conversion_note, large_photo, open_image, read_header
 
 MANIFEST_NAME = "manifest.csv"
 REQUIRED_COLUMNS = ("id", "file", "secret")
 OPTIONAL_COLUMNS = ("mask_file", "quad", "tilt_deg", "kind")
 COLUMNS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
-SECRET_BITS = 100
 MIN_SIDE = 64
 # A quad corner may sit this many pixels outside the photo (rounding of a label touching the border).
 QUAD_TOLERANCE_PX = 1.0
@@ -153,8 +154,8 @@ def parse_secret(text: str) -> np.ndarray | None:
     text = text.strip()
     if not text:
         return None
-    if len(text) != SECRET_BITS:
-        raise ValueError(f"secret has {len(text)} characters, expected {SECRET_BITS} (0/1) or empty")
+    if len(text) != NUM_BITS:
+        raise ValueError(f"secret has {len(text)} characters, expected {NUM_BITS} (0/1) or empty")
     others = sorted(set(text) - {"0", "1"})
     if others:
         raise ValueError(f"secret holds characters other than 0/1: {''.join(others)!r}")
@@ -250,6 +251,10 @@ class _RowCheck:
             size, mode = read_header(path)
             if self.decode:
                 open_image(path)  # every pixel: a truncated or corrupt file raises here
+        except Image.DecompressionBombError as error:  # Pillow's refusal, before any pixel is read
+            self.fault(f"file {path.name!r} is too large to evaluate ({error}); the harness takes photos up to "
+                       f"{MAX_PHOTO_PIXELS:,} pixels: downscale it first")
+            return None
         except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
             self.fault(f"file {path.name!r} cannot be decoded: {type(error).__name__}: {error}")
             return None
@@ -272,7 +277,8 @@ class _RowCheck:
             return False
         values = np.unique(np.asarray(mask.convert("L")))
         if not set(values.tolist()) <= {0, 255}:
-            self.fault(f"mask_file {path.name!r} holds values other than 0 and 255 (e.g. {int(values[values % 255 != 0][0])})")
+            example = int(values[values % 255 != 0][0])
+            self.fault(f"mask_file {path.name!r} holds values other than 0 and 255 (e.g. {example})")
             return False
         return True
 
@@ -373,6 +379,51 @@ def load_dataset(root: str | Path, *, decode: bool = False) -> Dataset:
         raise DatasetError(root, sorted(faults, key=lambda f: f.line or 0))
     conversions = {s.id: s.conversion for s in samples if s.conversion}
     return Dataset(root=root, samples=tuple(samples), conversions=conversions)
+
+
+# ---------------------------------------------------------------------------------------------- warnings
+
+
+def manifest_warnings(dataset: Dataset) -> list[str]:
+    """What a valid dataset silently turns off or may read wrongly: an unknown column (a misspelt optional one,
+    named with the column it probably meant), photos without a ground-truth mask (no oracle ROI, no IoU), photos
+    whose EXIF orientation tag says they are stored turned (read as stored unless `--exif-transpose`)."""
+    import difflib
+
+    from harness.data.images import exif_orientation
+
+    notes = []
+    rows, _ = _read_manifest(dataset.root)
+    header = [c for c in (rows[0][1] if rows else {}) if c is not None]
+    for column in header:
+        if column not in COLUMNS:
+            guess = difflib.get_close_matches(column.strip().lower(), OPTIONAL_COLUMNS + REQUIRED_COLUMNS, n=1,
+                                              cutoff=0.6)
+            meant = f"; did you mean {guess[0]!r}?" if guess else ""
+            notes.append(f"column {column!r} is not a manifest column and is ignored{meant} "
+                         f"(columns: {', '.join(COLUMNS)})")
+    unmasked = [s for s in dataset if s.mask_path is None and s.quad is None]
+    if unmasked:
+        which = "no photo has" if len(unmasked) == len(dataset) else f"{len(unmasked)} of {len(dataset)} photos have"
+        notes.append(f"{which} a ground-truth mask (mask_file or quad): for them the oracle ROI (decoding from the "
+                     "true label's box, which tells a localizer's loss from the decoder's) and the mask IoU are "
+                     f"n/a; bit accuracy, word accuracy and detection are measured as usual (e.g. {unmasked[0].id})")
+    turned = [(s.id, o) for s in dataset if (o := exif_orientation(s.path)) is not None]
+    if turned:
+        examples = ", ".join(f"{i} (orientation {o})" for i, o in turned[:5])
+        notes.append(f"{len(turned)} photo(s) carry an EXIF orientation tag saying they are stored turned or "
+                     f"mirrored: {examples}. They are read as stored, as decoder2's plain Image.open reads them; if "
+                     "your phones rely on the tag, evaluate with --exif-transpose (recorded in the run)")
+    large = [s for s in dataset if large_photo(s.size)]
+    if large:  # Pillow's own DecompressionBombWarning is silenced where photos are opened: said here, plainly
+        examples = ", ".join(f"{s.file} ({s.size[0]}×{s.size[1]}, {s.size[0] * s.size[1] / 1e6:.0f} megapixels)"
+                             for s in large[:5])
+        notes.append(f"{len(large)} photo(s) have more than {Image.MAX_IMAGE_PIXELS:,} pixels, where Pillow warns of "
+                     f"a possible decompression bomb: {examples}. They are evaluated at full size (the camera tilt "
+                     "runs before decoder2's 400×400 fit), which needs about 23 bytes of memory a pixel in each "
+                     f"worker; photos above {MAX_PHOTO_PIXELS:,} pixels are refused. Downscale them if that is "
+                     "too much (the tilt then runs at the smaller size)")
+    return notes
 
 
 # ---------------------------------------------------------------------------------------------- provenance

@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
+from harness.core.constants import NUM_BITS
 from harness.data.content import background, draw_source, label_content, same_scene
-from harness.data.manifest import SECRET_BITS, load_dataset, quad_to_str, secret_to_str, write_manifest
+from harness.data.manifest import load_dataset, quad_to_str, secret_to_str, write_manifest
 
 KINDS = ("clean", "fixed", "random")
 SYNTH_CONFIG_NAME = "synth.json"
@@ -114,7 +115,7 @@ def scene_rng(cfg: SynthConfig, index: int, stream: int) -> np.random.Generator:
 def fixed_secret(seed: int) -> np.ndarray:
     """The secret every scene of a "fixed" set carries, derived from the seed alone."""
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=_FIXED_SECRET_KEY))
-    return rng.integers(0, 2, SECRET_BITS, dtype=np.uint8)
+    return rng.integers(0, 2, NUM_BITS, dtype=np.uint8)
 
 
 def scene_secret(cfg: SynthConfig, index: int) -> np.ndarray | None:
@@ -122,7 +123,7 @@ def scene_secret(cfg: SynthConfig, index: int) -> np.ndarray | None:
         return None
     if cfg.kind == "fixed":
         return fixed_secret(cfg.seed)
-    return scene_rng(cfg, index, _SECRET).integers(0, 2, SECRET_BITS, dtype=np.uint8)
+    return scene_rng(cfg, index, _SECRET).integers(0, 2, NUM_BITS, dtype=np.uint8)
 
 
 # ---------------------------------------------------------------------------------------------- codec

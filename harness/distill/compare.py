@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from tabulate import tabulate
 
-from harness.evaluate import EvalConfig, ModelSpec, evaluate
+from harness.run import EvalConfig, ModelSpec, evaluate
 
 
 def run_spec(run: Path) -> tuple[ModelSpec, tuple[str, str, int]]:

@@ -13,15 +13,25 @@ recipe file and the `table.key`, so a typo never silently falls back to a defaul
     [validation] metric for best checkpoint and early stopping, validation set, student_use_teacher_mask
     [distiller]  MMRazor's ConfigurableDistiller dict, verbatim (student_recorders, teacher_recorders, connectors,
                  distill_losses, loss_forward_mappings)
+
+A top-level `_base_ = "other.toml"` (or a list of paths, relative to the recipe) starts from other recipes, as
+MMEngine configs do: their tables are deep-merged, later bases over earlier ones and the recipe's own keys over all.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import tomllib
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10: the same parser as the tomli package (a dependency there)
+    import tomli as tomllib
+
+from harness.core.constants import PHOTO_SIDE, SEARCH_ANGLES
 
 
 class RecipeError(ValueError):
@@ -56,6 +66,46 @@ class TeacherConfig:
 
 
 @dataclass(frozen=True)
+class ConditionAug:
+    """A camera condition of `harness.conditions` as a training augmentation: applied to a sample with probability
+    `p`, at a severity drawn uniformly from `severity` = [low, high] (a combination `a+b`: one [low, high] per part).
+
+        [data]
+        conditions = [{name = "blur", severity = [0, 2]}, {name = "jpeg", severity = [50, 100], p = 0.5}]
+    """
+
+    name: str
+    severity: tuple[tuple[float, float], ...]  # per part of the condition
+    p: float = 1.0
+
+    @classmethod
+    def from_table(cls, table: Any, where: str) -> ConditionAug:
+        from harness.conditions import resolve
+
+        if not isinstance(table, dict) or set(table) - {"name", "severity", "p"} or not {"name", "severity"} <= set(
+                table):
+            raise RecipeError(f"{where}: expected {{name = \"blur\", severity = [low, high], p = 1.0}}, got {table!r}")
+        try:
+            combined = resolve(str(table["name"]))
+        except (KeyError, ValueError) as err:
+            raise RecipeError(f"{where}.name: {err.args[0]}") from None
+        ranges = table["severity"]
+        if len(combined.parts) == 1 and isinstance(ranges, list) and not any(isinstance(r, list) for r in ranges):
+            ranges = [ranges]
+        ok = isinstance(ranges, list) and len(ranges) == len(combined.parts) and all(
+            isinstance(r, list) and len(r) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                        for v in r) and r[0] <= r[1] for r in ranges)
+        if not ok:
+            raise RecipeError(f"{where}.severity: expected [low, high] with low <= high"
+                              f"{' per part, e.g. [[0, 5], [50, 100]]' if len(combined.parts) > 1 else ''}, "
+                              f"got {table['severity']!r}")
+        p = table.get("p", 1.0)
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+            raise RecipeError(f"{where}.p: expected a probability in [0, 1], got {p!r}")
+        return cls(combined.name, tuple((float(lo), float(hi)) for lo, hi in ranges), float(p))
+
+
+@dataclass(frozen=True)
 class DataConfig:
     source: str = "folder"  # "folder": a pre-generated dataset folder; "synth": scenes made on the fly
     root: str = "data/train"  # folder source: the dataset folder
@@ -66,11 +116,14 @@ class DataConfig:
     synth_same_source: float = 0.0  # synth source: share of scenes whose background is the label's own source image
     synth_in_place: float = 0.0  # synth source: share of scenes watermarked in place (no seam: the watermark alone)
     key: int = 0  # codec key of the scenes; the decode loss and validation use the SDecoder of this key
-    image_size: int = 400  # photos are fitted to image_size² as decoder2 does (ImageOps.fit, LANCZOS)
+    image_size: int = PHOTO_SIDE  # photos are fitted to image_size² as decoder2 does (ImageOps.fit, LANCZOS)
     batch_size: int = 8  # per process
     num_workers: int = 1
     tilt_deg: float = 5.0  # augmentation: uniform rotation in [-tilt_deg, tilt_deg], borders filled from the edge
     hflip: bool = False
+    # camera conditions (harness.conditions) applied per training sample before the fit, each with a severity drawn
+    # uniformly from its range: train for the conditions the evaluation measures (docs/conditions.md)
+    conditions: tuple[ConditionAug, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -97,7 +150,7 @@ class LossConfig:
     bce_weight: float = 1.0
     dice_weight: float = 1.0
     decode_weight: float = 0.0  # the seed's decode loss (0: off)
-    decode_angles: tuple[float, ...] = (0.0, 3.0, -3.0)
+    decode_angles: tuple[float, ...] = SEARCH_ANGLES
 
 
 @dataclass(frozen=True)
@@ -141,6 +194,8 @@ SHARES = {("data", "synth_same_source"), ("data", "synth_in_place")}  # values t
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
     """Check one TOML value against a dataclass field type (ints are accepted where floats are expected)."""
+    if hint is ConditionAug:
+        return ConditionAug.from_table(value, where)
     origin = get_origin(hint)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
@@ -201,15 +256,71 @@ def recipe_from_dict(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
     return recipe
 
 
+BASE_KEY = "_base_"
+
+
 def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
+    return recipe_from_dict(load_recipe_tables(path), str(path))
+
+
+def load_recipe_tables(path: str | Path) -> dict[str, Any]:
+    """A recipe file's tables with its `_base_` recipes merged in (as MMEngine configs do).
+
+    `_base_ = "other.toml"` or `_base_ = ["a.toml", "b.toml"]`, paths relative to the recipe's folder: the bases are
+    read (with their own bases) and deep-merged in order, a later base overriding an earlier one, then the recipe's
+    own keys override them all. Tables merge key by key; any other value (a list included) is replaced whole.
+    """
+    return _read_with_bases(Path(path), ())
+
+
+def _read_with_bases(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    via = ""  # a base's errors name the file that asked for it, or the whole chain when it is longer than one step
+    if len(chain) == 1:
+        via = f" (base of {chain[0]})"
+    elif chain:
+        via = f" (base chain: {' -> '.join(str(p) for p in (*chain, path))})"
     try:
-        raw = tomllib.loads(path.read_text())
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
+        if chain:
+            raise RecipeError(f"{chain[-1]}: base recipe {path} not found{via}") from None
         raise RecipeError(f"{path}: recipe not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise RecipeError(f"{path}: not a readable TOML file{via}: {err}") from None
+    try:
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
-        raise RecipeError(f"{path}: not valid TOML: {err}") from None
-    return recipe_from_dict(raw, str(path))
+        raise RecipeError(f"{path}: not valid TOML{via}: {err}") from None
+    bases = raw.pop(BASE_KEY, None)
+    if bases is None:
+        return raw
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) and b for b in bases):
+        raise RecipeError(f"{path}: {BASE_KEY} must be a path or a list of paths, got {bases!r}")
+    merged: dict[str, Any] = {}
+    for base in bases:
+        base_path = path.parent / base
+        if base_path.suffix != ".toml":
+            raise RecipeError(f"{path}: base recipe {base_path} is not a .toml file")
+        seen = (*chain, path)
+        if any(base_path.resolve() == p.resolve() for p in seen):
+            cycle = " -> ".join(str(p) for p in (*seen, base_path))
+            raise RecipeError(f"{path}: {BASE_KEY} cycle: {cycle}")
+        merged = _deep_merge(merged, _read_with_bases(base_path, seen))
+    return _deep_merge(merged, raw)
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`base` updated by `override`, table by table (new dicts; neither argument is changed)."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def with_seed(recipe: Recipe, seed: int) -> Recipe:

@@ -6,7 +6,9 @@ on whether the run was resumed, and DDP ranks take disjoint slices of one global
 
 Photos are fitted to `image_size`² with `ImageOps.fit` (LANCZOS) exactly as decoder2 does before the localizer sees
 them; masks get the same crop. The tilt augmentation rotates photo and mask together by an angle drawn uniformly from
-[-tilt_deg, tilt_deg] (the camera tilt range of the scenes), corners filled from the edge.
+[-tilt_deg, tilt_deg] (the camera tilt range of the scenes), corners filled from the edge. Camera conditions of
+`harness.conditions` (recipe `[data] conditions`) are applied to photo and mask before the fit, each with a severity
+drawn uniformly from its range, decided by the sampler like every other draw.
 """
 from __future__ import annotations
 
@@ -19,12 +21,13 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from harness.geometry import rotate_tensor
+from harness.core.constants import NUM_BITS
+from harness.core.geometry import rotate_tensor
 
 if TYPE_CHECKING:
     from harness.data.synth import SynthConfig
+    from harness.distill.config import ConditionAug
 
-SECRET_BITS = 100
 
 
 @dataclass(frozen=True, eq=False)
@@ -83,11 +86,14 @@ class SynthScenes:
 
 @dataclass(frozen=True)
 class Draw:
-    """What one sample of one step is: a scene index, a tilt angle, a horizontal flip."""
+    """What one sample of one step is: a scene index, a tilt angle, a horizontal flip, and the camera conditions
+    (name, severity) applied to its photo and mask before the fit, with the seed of their random draws."""
 
     index: int
     tilt_deg: float
     hflip: bool
+    conditions: tuple[tuple[str, tuple[float, ...]], ...] = ()
+    condition_seed: int = 0
 
 
 class StepBatchSampler(Sampler[list[Draw]]):
@@ -98,13 +104,15 @@ class StepBatchSampler(Sampler[list[Draw]]):
     """
 
     def __init__(self, num_scenes: int, batch_size: int, seed: int, start_step: int, max_steps: int,
-                 tilt_deg: float, hflip: bool, rank: int = 0, world_size: int = 1):
+                 tilt_deg: float, hflip: bool, rank: int = 0, world_size: int = 1,
+                 conditions: Sequence[ConditionAug] = ()):
         if num_scenes <= 0:
             raise ValueError("the training set is empty")
         self.num_scenes, self.batch_size, self.seed = num_scenes, batch_size, seed
         self.start_step, self.max_steps = start_step, max_steps
         self.tilt_deg, self.hflip = tilt_deg, hflip
         self.rank, self.world_size = rank, world_size
+        self.conditions = tuple(conditions)
 
     def __len__(self) -> int:
         return max(0, self.max_steps - self.start_step)
@@ -118,10 +126,31 @@ class StepBatchSampler(Sampler[list[Draw]]):
         positions = step * global_batch + np.arange(global_batch)
         indices = [int(self._order(int(p // self.num_scenes))[p % self.num_scenes]) for p in positions]
         rng = np.random.default_rng([self.seed, step, 7919])
-        tilts = rng.uniform(-self.tilt_deg, self.tilt_deg, global_batch) if self.tilt_deg > 0 else np.zeros(global_batch)
+        tilts = (rng.uniform(-self.tilt_deg, self.tilt_deg, global_batch) if self.tilt_deg > 0
+                 else np.zeros(global_batch))
         flips = rng.random(global_batch) < 0.5 if self.hflip else np.zeros(global_batch, bool)
         mine = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
-        return [Draw(i, float(t), bool(f)) for i, t, f in zip(indices[mine], tilts[mine], flips[mine])]
+        conditions = self._conditions(step, global_batch)
+        return [Draw(i, float(t), bool(f), *c) for i, t, f, c in zip(indices[mine], tilts[mine], flips[mine],
+                                                                      conditions[mine])]
+
+    def _conditions(self, step: int, n: int) -> list[tuple]:
+        """Per sample of the global batch: the conditions it gets and their seed, from (seed, step) on a stream of
+        their own (the scenes, tilts and flips of a recipe without conditions stay as they were). Every draw is
+        made whether or not a condition applies, so one condition's probability never moves another's severity."""
+        if not self.conditions:
+            return [((), 0)] * n
+        rng = np.random.default_rng([self.seed, step, 104729])
+        out = []
+        for _ in range(n):
+            chosen = []
+            for aug in self.conditions:
+                applies = rng.random() < aug.p
+                severity = tuple(float(rng.uniform(lo, hi)) for lo, hi in aug.severity)
+                if applies:
+                    chosen.append((aug.name, severity))
+            out.append((tuple(chosen), int(rng.integers(0, 2 ** 31 - 1))))
+        return out
 
     def __iter__(self) -> Iterator[list[Draw]]:
         for step in range(self.start_step, self.max_steps):
@@ -148,7 +177,7 @@ class TrainSamples(Dataset):
         return len(self.scenes)
 
     def __getitem__(self, draw: Draw) -> dict[str, torch.Tensor]:
-        scene = self.scenes[draw.index]
+        scene = conditioned(self.scenes[draw.index], draw)
         image, mask = fit_scene(scene, self.image_size)
         has_mask = mask is not None
         mask = mask if has_mask else torch.zeros(1, self.image_size, self.image_size)
@@ -161,10 +190,27 @@ class TrainSamples(Dataset):
             "image": pair[:3].contiguous(),
             "mask": pair[3:].contiguous(),
             "has_mask": torch.tensor(has_mask),
-            "secret": torch.from_numpy(np.asarray(secret, np.float32)) if secret is not None else torch.zeros(SECRET_BITS),
+            "secret": torch.from_numpy(np.asarray(secret, np.float32)) if secret is not None else torch.zeros(NUM_BITS),
             "has_secret": torch.tensor(secret is not None),
             "index": torch.tensor(draw.index),
         }
+
+
+def conditioned(scene: Scene, draw: Draw) -> Scene:
+    """The scene under the draw's camera conditions (harness.conditions, as the evaluation applies them): the photo,
+    and the mask through the same geometry (kept where ≥ 128 of 255)."""
+    if not draw.conditions:
+        return scene
+    from harness.conditions import resolve
+
+    photo, mask = scene.photo, scene.mask
+    for name, severity in draw.conditions:
+        combined = resolve(name)
+        bool_mask = np.asarray(mask) >= 128 if mask is not None and combined.geometric else None
+        photo, moved = combined.apply(photo, bool_mask, severity, seed=draw.condition_seed, index=draw.index)
+        if moved is not None:
+            mask = Image.fromarray(np.where(moved, 255, 0).astype(np.uint8), "L")
+    return Scene(photo, mask, scene.secret)
 
 
 def _quiet_worker(_: int) -> None:

@@ -1,12 +1,15 @@
 """Ship a trained run into the zoo: `students/<name>/weights.pt` (fp16 state_dict) and `card.toml`.
 
     python -m harness.distill export runs/teacher --name teacher_hrnet_w18 --role teacher \\
-        --recipe students/recipes/teacher_hrnet_w18.toml [--flip-test]
+        --recipe students/recipes/teacher_hrnet_w18_160b.toml [--flip-test] [--lineage-from CARD]
 
 The card names the architecture, input size, checkpoint and its sha256, the recipe, and what the run's log says:
 steps, wall time, data seed and source, the best validation metrics; `--flip-test` writes `flip_test = true` (the
 evaluation reads the photo and its mirror image; training and validation never do). Weights are stored in fp16 (the
 zoo's size budget); the loader casts them back to the model's dtype.
+
+The card's `[[lineage]]` lists the training runs that led to the weights, oldest first, this run last: the earlier
+runs are those of `--lineage-from CARD`, else of the zoo card whose checkpoint the run started from (`init_ckpt`).
 """
 from __future__ import annotations
 
@@ -17,25 +20,63 @@ import torch
 
 from harness.data.hard import read_hard_record
 from harness.data.synth import read_record
-from harness.zoo import build_localizer, load_checkpoint, sha256_file
+from harness.distill.checkpoint import read_student
+from harness.models import LineageStep, ModelCard, build_localizer, load_card, load_checkpoint, sha256_file
 
 WEIGHTS_NAME = "weights.pt"
 
 
 def export_run(run_dir: Path, name: str, role: str, recipe: Path, root: Path = Path("students"),
-               flip_test: bool = False) -> Path:
-    config = json.loads((run_dir / "config.json").read_text())
+               flip_test: bool = False, lineage_from: Path | None = None) -> Path:
+    state, config = read_student(run_dir / "student.pt")
+    config = config or json.loads((run_dir / "config.json").read_text())  # a student.pt of an older run: no recipe
     arch, input_size = config["model"]["name"], config["model"]["input_size"]
-    state = torch.load(run_dir / "student.pt", map_location="cpu", weights_only=True)
+    # read before anything is written: the run may have started from the weights this export replaces
+    lineage = _lineage(config["model"].get("init_ckpt", ""), recipe, lineage_from)
     half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     out = root / name
     out.mkdir(parents=True, exist_ok=True)
     torch.save(half, out / WEIGHTS_NAME)
     load_checkpoint(build_localizer(arch, input_size).backbone, out / WEIGHTS_NAME)  # strict: it must load back
     card = _card(name, arch, role, input_size, flip_test, recipe, sha256_file(out / WEIGHTS_NAME), config,
-                 _log(run_dir))
+                 _log(run_dir), lineage)
     (out / "card.toml").write_text(card)
     return out
+
+
+def _lineage(init_ckpt: str, recipe: Path, lineage_from: Path | None) -> tuple[LineageStep, ...]:
+    """The earlier runs (of `lineage_from`, else of the zoo card beside the initial checkpoint), then this run."""
+    earlier: tuple[LineageStep, ...] = ()
+    init = "scratch"
+    if init_ckpt:
+        init_path, init = Path(init_ckpt), init_ckpt
+        card = _card_of(init_path)
+        if card is not None:
+            earlier = _history(card)
+            init = f"{card.name} weights, sha256 {sha256_file(init_path)[:12]}"
+        elif init_path.is_file():
+            init = f"{init_ckpt} (sha256 {sha256_file(init_path)[:12]})"
+    if lineage_from is not None:
+        earlier = _history(load_card(lineage_from))
+    return (*earlier, LineageStep(recipe=recipe.as_posix(), init=init))
+
+
+def _card_of(ckpt: Path) -> ModelCard | None:
+    """The model card beside a checkpoint that names that checkpoint, if any."""
+    beside = ckpt.parent / "card.toml"
+    if not ckpt.is_file() or not beside.is_file():
+        return None
+    card = load_card(beside)
+    same = card.checkpoint_path is not None and card.checkpoint_path.resolve() == ckpt.resolve()
+    return card if same else None
+
+
+def _history(card: ModelCard) -> tuple[LineageStep, ...]:
+    """A card's lineage; a card written before lineages existed stands for its own run, as far as it says."""
+    if card.lineage or not card.recipe:
+        return card.lineage
+    init = card.training.get("init_ckpt")
+    return (LineageStep(recipe=card.recipe, init="unknown" if init is None else init or "scratch"),)
 
 
 def _log(run_dir: Path) -> list[dict]:
@@ -107,12 +148,15 @@ def _toml_value(value) -> str:
 
 
 def _card(name: str, arch: str, role: str, input_size: int, flip_test: bool, recipe: Path, sha: str, config: dict,
-          log: list[dict]) -> str:
+          log: list[dict], lineage: tuple[LineageStep, ...] = ()) -> str:
     training = _training(config, log)
     lines = [f"name = {_toml_value(name)}", f"arch = {_toml_value(arch)}", f"role = {_toml_value(role)}",
              f"input_size = {input_size}"] + (["flip_test = true"] if flip_test else []) + [
              f"checkpoint = {_toml_value(WEIGHTS_NAME)}", f"sha256 = {_toml_value(sha)}",
-             f"recipe = {_toml_value(recipe.as_posix())}", "", "[training]"]
+             f"recipe = {_toml_value(recipe.as_posix())}"]
+    for step in lineage:
+        lines += ["", "[[lineage]]", f"recipe = {_toml_value(step.recipe)}", f"init = {_toml_value(step.init)}"]
+    lines += ["", "[training]"]
     lines += [f"{k} = {_toml_value(v)}" for k, v in training.items() if k != "validation"]
     lines += ["", "[training.validation]"]
     lines += [f"{k} = {_toml_value(round(v, 6) if isinstance(v, float) else v)}"

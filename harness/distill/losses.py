@@ -18,8 +18,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from harness.core.constants import ROI_SIDE, SEARCH_ANGLES
+from harness.core.geometry import rotate_tensor
 from harness.distill.warp import crop_boxes
-from harness.geometry import rotate_tensor
 
 
 def _fp32(*tensors: torch.Tensor) -> list[torch.Tensor]:
@@ -184,7 +185,8 @@ class KLDivergence(nn.Module):
             log_p_t = F.log_softmax(t / self.tau, dim=1)
             kl = log_p_t.exp() * (log_p_t - F.log_softmax(s / self.tau, dim=1))
             per_sample = kl.reshape(kl.shape[0], kl.shape[1], -1).sum(1).mean(1)  # sum over classes, mean positions
-            loss = {"batchmean": per_sample.mean(), "mean": kl.mean(), "sum": kl.sum(), "none": per_sample}[self.reduction]
+            reduced = {"batchmean": per_sample.mean(), "mean": kl.mean(), "sum": kl.sum(), "none": per_sample}
+            loss = reduced[self.reduction]
             return self.loss_weight * self.tau ** 2 * loss
 
 
@@ -193,9 +195,9 @@ class KLDivergence(nn.Module):
 
 def largest_region_boxes(logits: torch.Tensor) -> list[tuple[int, int, int, int] | None]:
     """Per sample, decoder2's ROI box (x0, y0, x1, y1 exclusive) of the largest region of logit > 0, or None."""
-    from harness.roi import box_from_mask
+    from harness.core.roi import box_from_mask, region_mask
 
-    return [box_from_mask(plane) for plane in (logits.detach()[:, 0] > 0).cpu()]
+    return [box_from_mask(plane) for plane in region_mask(logits.detach()[:, 0]).cpu()]
 
 
 def soft_boxes(logits: torch.Tensor, margin: float = 0.1) -> torch.Tensor:
@@ -242,7 +244,7 @@ class DecodeLoss(nn.Module):
     """
 
     def __init__(self, loss_weight: float = 1.0, sdecoder: nn.Module | None = None, key: int = 0,
-                 angles: Sequence[float] = (0.0, 3.0, -3.0), size: int = 400, margin: float = 0.1):
+                 angles: Sequence[float] = SEARCH_ANGLES, size: int = ROI_SIDE, margin: float = 0.1):
         super().__init__()
         if sdecoder is None:
             from harness.codec import ReferenceSDecoder

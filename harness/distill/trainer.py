@@ -14,7 +14,6 @@ only (every loss computes in fp32); gradients clipped; scheduler stepped per ste
 from __future__ import annotations
 
 import math
-import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -26,12 +25,21 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
-from harness.distill.checkpoint import (atomic_save, fp32_state_dict, load_last, rng_state, set_rng_state,
-                                        write_json)
+from harness.core.distributed import resolve_device, setup_distributed
+from harness.distill.checkpoint import (
+    atomic_save,
+    fp32_state_dict,
+    load_last,
+    rng_state,
+    set_rng_state,
+    student_checkpoint,
+    write_json,
+)
 from harness.distill.config import DataConfig, Recipe, RecipeError, ValidationConfig, recipe_from_dict
 from harness.distill.data import FolderScenes, SceneSource, StepBatchSampler, SynthScenes, TrainSamples, make_loader
 from harness.distill.losses import DecodeLoss, MaskLoss
-from harness.distill.validate import ModelSpec, Validator, synth_validation_set
+from harness.distill.validate import Validator, synth_validation_set
+from harness.pipeline.batched import NamedLocalizer
 
 # Keys that may change between a run and its resumption: they do not change what is computed.
 RESUMABLE_CHANGES = {"run.log_every", "run.threads", "run.device", "data.num_workers"}
@@ -42,7 +50,7 @@ TASK_LOSS_NAMES = {"loss_bce", "loss_dice", "loss_decode", "loss", "grad_norm"}
 
 
 def default_localizer(name: str, input_size: int, ckpt: str | None) -> nn.Module:
-    from harness.zoo import build_localizer
+    from harness.models import build_localizer
 
     return build_localizer(name, input_size, ckpt or None)
 
@@ -90,36 +98,6 @@ class RunState:
     bad_validations: int = 0
     teacher_metrics: dict[str, float] = field(default_factory=dict)
     stopped_early: bool = False
-
-
-@dataclass(frozen=True)
-class Dist:
-    rank: int = 0
-    world_size: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(device: torch.device) -> Dist:
-    """torchrun's environment → an initialised process group (gloo on CPU, nccl on CUDA); a plain run → rank 0 of 1."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return Dist()
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size())
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    return torch.device(name)
 
 
 # ---------------------------------------------------------------------------------------------- schedule
@@ -217,7 +195,7 @@ class Trainer:
 
             teacher = build(recipe.teacher.name, recipe.teacher.input_size, recipe.teacher.ckpt or None)
             if recipe.teacher.ckpt:
-                from harness.zoo import sha256_file
+                from harness.models import sha256_file
 
                 self.teacher_sha256 = sha256_file(recipe.teacher.ckpt)
             self.algorithm = SingleTeacherDistill(
@@ -284,7 +262,8 @@ class Trainer:
 
     def save_best(self) -> None:
         if self.dist.main:
-            atomic_save(fp32_state_dict(self.student.backbone), self.out / "student.pt")
+            atomic_save(student_checkpoint(fp32_state_dict(self.student.backbone), self.recipe.to_dict()),
+                        self.out / "student.pt")
 
     def resume(self) -> None:
         path = self.out / "last.pt"
@@ -379,9 +358,9 @@ class Trainer:
         teacher = self.algorithm.teacher if self.algorithm is not None else None
         if use_teacher_mask and teacher is None:
             raise RecipeError("validation.student_use_teacher_mask needs a [teacher]")
-        models = [ModelSpec("student", self.student, "student", "teacher" if use_teacher_mask else None)]
+        models = [NamedLocalizer("student", "student", self.student, "teacher" if use_teacher_mask else None)]
         if teacher is not None and (use_teacher_mask or not self.state.teacher_metrics):
-            models.append(ModelSpec("teacher", teacher, "teacher"))
+            models.append(NamedLocalizer("teacher", "teacher", teacher))
         scores = self._validator().evaluate(models)
         student = scores["student"]
         metrics = {"student_bit_acc": student["bit_acc"], "val_iou": student["iou"],
@@ -423,8 +402,18 @@ class Trainer:
         end = min(recipe.run.max_steps, until_step if until_step is not None else recipe.run.max_steps)
         self.log.write(event="start", step=self.state.step, world_size=self.dist.world_size, device=str(self.device),
                        amp=self.amp, teacher_sha256=self.teacher_sha256)
-        if self.state.stopped_early or self.state.step >= recipe.run.max_steps:
-            return self.state  # a finished run: nothing to do
+        if not self._finished():  # a finished run has nothing to do
+            validated_at = self._steps(end)
+            if self._finished():
+                self._finish(validated_at)
+        return self.state
+
+    def _finished(self) -> bool:
+        return self.state.stopped_early or self.state.step >= self.recipe.run.max_steps
+
+    def _steps(self, end: int) -> int:
+        """Train up to step `end` (or an early stop); returns the step of the last validation (-1: none)."""
+        recipe = self.recipe
         loader = self._loader(self.state.step, end)
         bar = self._progress_bar(end)
         tick, validated_at = time.perf_counter(), -1
@@ -452,19 +441,21 @@ class Trainer:
             if self.state.stopped_early:
                 break
         bar.close()
-        if self.state.step >= recipe.run.max_steps and validated_at != self.state.step and not self.state.stopped_early:
+        return validated_at
+
+    def _finish(self, validated_at: int) -> None:
+        """The last step's validation (unless it just ran, or the run stopped early), then the "end" event."""
+        if not self.state.stopped_early and validated_at != self.state.step:
             self.state.stopped_early = self._validate_and_select()
             self.save_last()
-        if self.state.step >= recipe.run.max_steps or self.state.stopped_early:
-            self.log.write(event="end", step=self.state.step, best_metric=self.state.best_metric,
-                           best_step=self.state.best_step, stopped_early=self.state.stopped_early)
-        return self.state
+        self.log.write(event="end", step=self.state.step, best_metric=self.state.best_metric,
+                       best_step=self.state.best_step, stopped_early=self.state.stopped_early)
 
     def _loader(self, start: int, end: int):
         cfg = self.recipe.data
         scenes = self.builders.train_scenes(cfg)
         sampler = StepBatchSampler(len(scenes), cfg.batch_size, self.recipe.run.seed, start, end, cfg.tilt_deg,
-                                   cfg.hflip, self.dist.rank, self.dist.world_size)
+                                   cfg.hflip, self.dist.rank, self.dist.world_size, cfg.conditions)
         return make_loader(TrainSamples(scenes, cfg.image_size), sampler, cfg.num_workers)
 
     def _progress_bar(self, end: int):

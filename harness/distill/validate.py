@@ -11,34 +11,26 @@ mask IoU at the chosen angle; `roi_empty_rate` the share of photos without ROI.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 
+from harness.core import metrics
+from harness.core.constants import SEARCH_ANGLES
 from harness.pipeline.batched import BatchedEvaluator, Decode, NamedLocalizer
 from harness.pipeline.views import ViewSpec, prepare
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """A model to validate; `mask_from` names another model of the same call whose mask gives the ROI."""
-
-    name: str
-    module: nn.Module
-    role: str = "student"
-    mask_from: str | None = None
+from harness.run.results import counted_bit_acc
 
 
 def _score(decodes: list[Decode], secrets: list[np.ndarray]) -> dict[str, float]:
     accs, ious, empty = [], [], 0
     for decode, secret in zip(decodes, secrets):
         if decode.status == "ok":
-            accs.append(float(((decode.probs >= 0.5).astype(np.uint8) == secret).mean()))
+            accs.append(metrics.count_correct(secret, metrics.bits_from_probs(decode.probs)) / len(secret))
         else:
-            accs.append(0.0)
+            accs.append(counted_bit_acc(decode.status, None))  # the project's one "counts 0" rule
             empty += decode.status == "roi_empty"
         if decode.iou is not None:
             ious.append(decode.iou)
@@ -50,7 +42,7 @@ def _score(decodes: list[Decode], secrets: list[np.ndarray]) -> dict[str, float]
 class Validator:
     """The watermarked photos of a dataset folder, prepared once; `evaluate` runs the batched decoder2 on them."""
 
-    def __init__(self, root: str | Path, sdecoder: nn.Module, angles: tuple[float, ...] = (0.0, 3.0, -3.0),
+    def __init__(self, root: str | Path, sdecoder: nn.Module, angles: tuple[float, ...] = SEARCH_ANGLES,
                  bn_mode: str = "eval", batch_size: int = 8, device: torch.device | str = "cpu"):
         from harness.data import load_dataset
 
@@ -67,8 +59,8 @@ class Validator:
         return len(self.photos)
 
     @torch.no_grad()
-    def evaluate(self, models: list[ModelSpec]) -> dict[str, dict[str, float]]:
-        evaluator = BatchedEvaluator([NamedLocalizer(m.name, m.role, m.module, m.mask_from) for m in models],
+    def evaluate(self, models: list[NamedLocalizer]) -> dict[str, dict[str, float]]:
+        evaluator = BatchedEvaluator(models,
                                      self.sdecoder, self.angles, self.bn_mode, self.batch_size, oracle=False,
                                      device=self.device)
         results = evaluator.decode(self.photos, self.secrets)

@@ -20,19 +20,28 @@ import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness import metrics
-from harness.bn import BnMode, inference_context
+from harness.core import metrics
+from harness.core.bn import BnMode, inference_context
+from harness.core.constants import ORACLE
+from harness.core.roi import (
+    Box,
+    NonFiniteLogits,
+    RoiFn,
+    as_roi_result,
+    box_from_mask,
+    check_finite,
+    crop_box,
+    crop_mask_and_image,
+    region_mask,
+)
 from harness.pipeline.views import PhotoViews
-from harness.roi import (Box, NonFiniteLogits, RoiFn, as_roi_result, box_from_mask, check_finite, crop_box,
-                         crop_mask_and_image)
-
-ORACLE = "oracle"
 
 
 @dataclass(frozen=True)
@@ -124,6 +133,7 @@ class BatchedEvaluator:
         self.bn_mode, self.batch_size, self.roi_fn, self.oracle = bn_mode, batch_size, roi_fn, oracle
         self.device = torch.device(device)
         self.timings = Timings()
+        self.on_views: Callable[[int], None] | None = None  # called with the size of each localizer batch (progress)
 
     @property
     def names(self) -> list[str]:
@@ -174,6 +184,8 @@ class BatchedEvaluator:
                 if tuple(out.shape[-2:]) != size:
                     out = F.interpolate(out, size=size, mode="bilinear", align_corners=False)
                 chunks.append(out)
+                if self.on_views is not None:
+                    self.on_views(out.shape[0])
         self.timings.items[model.name] += images.shape[0]
         return torch.cat(chunks), errors
 
@@ -243,10 +255,10 @@ class BatchedEvaluator:
              error: str | None) -> _View:
         if error is not None:
             return _View(n, error=f"angle {angle:g}: {error}")
-        iou = None if gt is None else metrics.mask_iou(mask_logits[0] > 0, gt)
+        iou = None if gt is None else metrics.mask_iou(region_mask(mask_logits[0]), gt)
         if self.roi_fn is crop_mask_and_image:
             # the default step, split: the box now, the crop only if no model decoded this view and box yet
-            return _View(n, box_from_mask(mask_logits[0] > 0), iou=iou)
+            return _View(n, box_from_mask(region_mask(mask_logits[0])), iou=iou)
         try:
             result = as_roi_result(self.roi_fn(mask_logits, image))
         except Exception as err:  # a user's ROI function: any error fails this sample, never the run
@@ -259,8 +271,9 @@ class BatchedEvaluator:
         for photo in photos:
             for t in range(photo.n_tilts):
                 for a in range(len(self.angles)):
-                    if photo.gt_masks is None:
-                        views.append(_View(len(views), error="no ground-truth mask for the oracle ROI"))
+                    if photo.gt_masks is None:  # an unreadable mask file says which, and fails these rows only
+                        reason = photo.mask_error or "no ground-truth mask for the oracle ROI"
+                        views.append(_View(len(views), error=reason))
                     else:
                         views.append(_View(len(views), box_from_mask(photo.gt_masks[t, a])))
         self.timings.roi_s[ORACLE] += time.perf_counter() - t0
@@ -275,11 +288,11 @@ class BatchedEvaluator:
             if reason is not None:
                 return Decode("failed", reason if view.error else f"angle {angle:g}: {reason}")
         logits = [v.logits for v in views]
-        bce = tuple(_bce(l, secret) for l in logits)
+        bce = tuple(_bce(x, secret) for x in logits)
         chosen = metrics.select_index(bce)
         if chosen is None:
             return Decode("roi_empty", "no ROI at any search angle", bce, iou=views[0].iou)
-        blind = metrics.select_index_blind([-math.inf if l is None else float(metrics.blind_score(l)) for l in logits])
+        blind = metrics.select_index_blind([-math.inf if x is None else float(metrics.blind_score(x)) for x in logits])
         return Decode("ok", "", bce, chosen, _probs(logits[chosen]), blind, _probs(logits[blind]),
                       views[chosen].box, views[chosen].iou)
 

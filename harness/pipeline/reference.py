@@ -29,20 +29,28 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from harness import geometry, metrics
-from harness.bn import BN_MODES, BnMode, inference_contexts
-from harness.roi import Box, NonFiniteLogits, RoiResult, as_roi_result, box_from_mask, check_finite, crop_box, \
-    resolve_roi_fn
+from harness.core import geometry, metrics
+from harness.core.bn import BN_MODES, BnMode, inference_contexts
+from harness.core.constants import PHOTO_SIDE, SEARCH_ANGLES
+from harness.core.roi import (
+    Box,
+    NonFiniteLogits,
+    RoiResult,
+    as_roi_result,
+    box_from_mask,
+    check_finite,
+    crop_box,
+    resolve_roi_fn,
+)
 
 Selection = Literal["gt_bce", "blind"]
 SELECTIONS = ("gt_bce", "blind")
-STATUSES = ("ok", "roi_empty", "failed")
 
 
 @dataclass(frozen=True)
 class Decoder2Config:
-    angles: tuple[float, ...] = (0, 3, -3)  # the demo's search, in its order (ties keep the first)
-    size: int = 400
+    angles: tuple[float, ...] = SEARCH_ANGLES
+    size: int = PHOTO_SIDE  # decoder2's fit
     rotate_resample: int | None = None  # None: PIL's default for Image.rotate (NEAREST), as the demo
     fill: geometry.Fill = "black"  # "black": border found by value, as the demo; "validity": exact border
     bn_mode: BnMode = "demo"  # "demo": per-image BatchNorm statistics (train() at batch 1); "eval": running stats

@@ -6,33 +6,48 @@ rotate it by each search angle with the EDT border fill. The result, `PhotoViews
 geometry. This runs in DataLoader workers; a photo that cannot be decoded gives `PhotoViews` with `error` set, so one
 corrupt file fails its own rows and the run goes on.
 
-EDT work is never repeated: the index map of a validity fill depends only on the size and angle and is cached
-(`geometry.validity_indices`); a black fill depends on the pixels and is computed once per rotated image, which
-every model then shares. The results equal `geometry.tilt_photo`, `fit` and `rotate_fill` bit for bit.
+EDT work is not repeated while it fits: the border sources of a validity fill depend only on the size and angle and
+are cached per process within `geometry.CACHE_BYTES` (a cache bounded in bytes, so a huge photo's maps are computed,
+used and dropped rather than pinning gigabytes in every worker); a black fill depends on the pixels and is computed
+once per rotated image, which every model then shares. The results equal `geometry.tilt_photo`, `fit` and
+`rotate_fill` bit for bit.
 """
 from __future__ import annotations
 
+import ctypes
+import os
+import signal
+import sys
+import threading
+import time
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import partial
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from harness import geometry
+from harness import conditions
+from harness.core import geometry
+from harness.core.constants import CONDITION_SEED, MAX_PHOTO_PIXELS, PHOTO_SIDE, SEARCH_ANGLES
 from harness.data import Sample, load_image
-from harness.data.images import open_image
-
-DECODER2_ANGLES = (0.0, 3.0, -3.0)  # the demo's search angles, in the demo's order (ties keep the first)
-ROI_SIDE = 400
+from harness.data.images import load_upright, open_image, upright
 
 
 @dataclass(frozen=True)
 class ViewSpec:
     tilts: tuple[float, ...]
-    angles: tuple[float, ...] = DECODER2_ANGLES
+    angles: tuple[float, ...] = SEARCH_ANGLES
     fill: geometry.Fill = "black"  # EDT border of the search rotation: "black" (the demo) or "validity"
-    size: int = ROI_SIDE
+    size: int = PHOTO_SIDE  # decoder2's fit
+    # camera conditions (harness.conditions) as (name, severity) points; empty: one tilt condition per `tilts` entry
+    points: tuple[tuple[str, tuple[float, ...]], ...] = ()
+    seed: int = CONDITION_SEED  # where the conditions' random draws (noise) start, per sample and severity
+    exif_transpose: bool = False  # turn the photo (and its mask) upright by its EXIF orientation first
+
+    def condition_points(self) -> tuple[tuple[str, tuple[float, ...]], ...]:
+        """The photo's condition axis, in order: the points, or ("tilt", (t,)) per tilt."""
+        return self.points or tuple(("tilt", (t,)) for t in self.tilts)
 
 
 @dataclass
@@ -45,6 +60,7 @@ class PhotoViews:
     gt_masks: np.ndarray | None  # bool T×A×S×S, None without a ground-truth mask
     error: str | None = None
     n_tilts: int = 0
+    mask_error: str | None = None  # why the ground-truth mask is missing (unreadable file): the oracle rows fail
 
     def images(self, tilt_index: int) -> torch.Tensor:
         """A×3×S×S float32 in [0, 1], exactly `geometry.to_tensor` of each view."""
@@ -77,14 +93,18 @@ def tilt_view(photo: Image.Image, tilt_deg: float) -> Image.Image:
 
 def _sources(invalid: np.ndarray, iy: np.ndarray, ix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Flat positions of the invalid pixels and of the valid pixels they copy (the EDT map elsewhere is identity)."""
-    targets = np.flatnonzero(invalid)
-    return targets, (iy.ravel()[targets] * invalid.shape[1] + ix.ravel()[targets])
+    index = np.int32 if invalid.size < 2**31 else np.int64  # half the bytes for any photo below 2 gigapixels
+    targets = np.flatnonzero(invalid).astype(index, copy=False)
+    return targets, iy.ravel()[targets].astype(index) * invalid.shape[1] + ix.ravel()[targets]
 
 
-@lru_cache(maxsize=256)
+@geometry.byte_cache()
 def _validity_sources(size: tuple[int, int], angle_deg: float, resample: int | None) -> tuple[np.ndarray, np.ndarray]:
-    iy, ix = geometry.validity_indices(size, angle_deg, resample)
-    return _sources(geometry.validity_mask(size, angle_deg, resample), iy, ix)
+    # Only the border pixels' sources are kept (bounded in bytes, per process); the full H×W index map they come
+    # from is computed here and dropped, not cached: for a large photo it is 8 bytes a pixel per tilt.
+    invalid = geometry.validity_mask(size, angle_deg, resample)
+    iy, ix = geometry.edt_indices(invalid)
+    return _sources(invalid, iy, ix)
 
 
 def _fill(rotated: np.ndarray, targets: np.ndarray, sources: np.ndarray) -> np.ndarray:
@@ -111,20 +131,62 @@ def ground_truth_mask(sample: Sample) -> np.ndarray | None:
 # ----------------------------------------------------------------------------------------------- preparation
 
 
+def photo_too_large(size: tuple[int, int]) -> str | None:
+    """Why a photo of this (W, H) is not evaluated, or None: above MAX_PHOTO_PIXELS its tilt (run at full size, see
+    `_views_at_tilt`) would need more memory than the harness allows a worker."""
+    pixels = size[0] * size[1]
+    if pixels <= MAX_PHOTO_PIXELS:
+        return None
+    return (f"photo is {size[0]}×{size[1]} = {pixels:,} pixels, above the {MAX_PHOTO_PIXELS:,} the harness evaluates "
+            "(the camera tilt runs on the full-size photo before decoder2's 400×400 fit); downscale it first")
+
+
 def prepare(sample: Sample, index: int, spec: ViewSpec) -> PhotoViews:
-    """Every view of one photo; a photo or mask that fails to load gives PhotoViews with the reason."""
+    """Every view of one photo. A photo that fails to load gives PhotoViews with `error`, the file named; a mask
+    that fails gives the views without ground truth and `mask_error`, so only the rows that need the mask fail."""
+    too_large = photo_too_large(sample.size)
+    if too_large:
+        return PhotoViews(index, sample.id, None, None, f"{sample.file}: {too_large}",
+                          n_tilts=len(spec.condition_points()))
     try:
-        photo = load_image(sample.path)
-        mask = ground_truth_mask(sample)
+        photo, orientation = load_upright(sample.path) if spec.exif_transpose else (load_image(sample.path), None)
     except Exception as error:  # PIL raises OSError, SyntaxError, ValueError...: all mean "this file is unusable"
         reason = f"cannot load {sample.file}: {type(error).__name__}: {error}"
-        return PhotoViews(index, sample.id, None, None, reason, n_tilts=len(spec.tilts))
+        return PhotoViews(index, sample.id, None, None, reason, n_tilts=len(spec.condition_points()))
+    mask, mask_error = None, None
+    try:
+        mask = ground_truth_mask(sample)
+        if mask is not None and orientation is not None:  # the mask file and quad are at the stored photo's size
+            mask = np.asarray(upright(Image.fromarray(mask), orientation))
+    except Exception as error:  # only what needs the mask fails: the oracle rows; the predicted rows lose their IoU
+        source = f"mask_file {sample.mask_file}" if sample.mask_file else "the quad's mask"
+        mask, mask_error = None, f"cannot load {source}: {type(error).__name__}: {error}"
+    if spec.points:
+        views = [_views_at_point(photo, mask, point, index, spec) for point in spec.points]
+        masks = None if mask is None else np.stack([m for _, m in views])
+        return PhotoViews(index, sample.id, np.stack([v for v, _ in views]), masks, n_tilts=len(views),
+                          mask_error=mask_error)
     pixels = np.stack([_views_at_tilt(photo, tilt, spec) for tilt in spec.tilts])
     masks = None if mask is None else np.stack([_masks_at_tilt(mask, tilt, spec) for tilt in spec.tilts])
-    return PhotoViews(index, sample.id, pixels, masks, n_tilts=len(spec.tilts))
+    return PhotoViews(index, sample.id, pixels, masks, n_tilts=len(spec.tilts), mask_error=mask_error)
+
+
+def _views_at_point(photo: Image.Image, mask: np.ndarray | None, point: tuple[str, tuple[float, ...]], index: int,
+                    spec: ViewSpec) -> tuple[np.ndarray, np.ndarray | None]:
+    """One condition point: a pure tilt as today (cached EDT maps); any other condition from the registry, applied
+    to the photo and its mask, then today's chain at tilt 0 (an identity: PIL's rotate by 0 is a copy)."""
+    name, severity = point
+    tilt = severity[0] if name == "tilt" else 0.0
+    if name != "tilt":
+        photo, mask = conditions.resolve(name).apply(photo, mask, severity, spec.seed, index)
+    return _views_at_tilt(photo, tilt, spec), None if mask is None else _masks_at_tilt(mask, tilt, spec)
 
 
 def _views_at_tilt(photo: Image.Image, tilt_deg: float, spec: ViewSpec) -> np.ndarray:
+    # The tilt is the camera's, so it comes first, on the full-size photo; decoder2's 400×400 fit follows. Fitting
+    # first would be cheaper for a huge photo but changes the views, hence the answers (tests/test_memory.py: the
+    # centre crop of a tilted 4:3 photo shows photo content where a tilted square shows its filled border, and the
+    # bicubic resampling runs at another scale), so memory is bounded by MAX_PHOTO_PIXELS and byte-bounded caches.
     fitted = geometry.fit(tilt_view(photo, tilt_deg), spec.size)
     return np.stack([rotate_view(fitted, angle, spec.fill) for angle in spec.angles])  # A×S×S×3
 
@@ -151,7 +213,46 @@ class ViewDataset(torch.utils.data.Dataset):
 def view_loader(samples: list[Sample], indices: list[int], spec: ViewSpec, workers: int) -> torch.utils.data.DataLoader:
     """Photos in index order, decoded and prepared in `workers` processes (0: in this process)."""
     return torch.utils.data.DataLoader(ViewDataset(samples, indices, spec), batch_size=None, shuffle=False,
-                                       num_workers=workers, collate_fn=_keep, persistent_workers=False)
+                                       num_workers=workers, collate_fn=_keep, persistent_workers=False,
+                                       worker_init_fn=partial(die_with_parent, os.getpid()) if workers else None)
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(parent_pid: int, worker_id: int = 0) -> None:
+    """worker_init_fn: this worker ends when the process that started it dies, however it dies (SIGKILL included).
+
+    torch's own worker watchdog looks at the parent only between photos, and one photo may take minutes, so a
+    killed evaluation could leave its workers decoding on. On Linux the kernel sends SIGKILL to the worker when its
+    parent dies (prctl PR_SET_PDEATHSIG); everywhere, a daemon thread also polls the parent's pid once a second.
+    """
+    parent = os.getppid()  # the evaluation (fork, spawn), or the forkserver that started this worker for it
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # no libc prctl: the watchdog below still applies
+            pass
+    if os.getppid() != parent or (parent != parent_pid and not _exists(parent_pid)):
+        os._exit(1)  # the evaluation died before the death signal was armed
+    threading.Thread(target=_watch_parent, args=(parent,), name="parent-watchdog", daemon=True).start()
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _watch_parent(parent: int, interval_s: float = 1.0) -> None:
+    while os.getppid() == parent:
+        time.sleep(interval_s)
+    os._exit(1)  # reparented: the process that started this worker is gone
 
 
 def _keep(item: PhotoViews) -> PhotoViews:

@@ -1,0 +1,111 @@
+"""Per-condition figures of a run with camera conditions: records → `conditions.json` beside summary.json.
+
+Per (model, roi_source, condition, severity), over the watermarked rows (clean rows feed the empirical FPR), with the
+summary's rules (a row without bits counts 0):
+
+    bit_acc          mean and the half-width of its 95 % CI
+    word_acc         share of rows with every bit right
+    detection        per target FPR: the binomial threshold, the TPR and the empirical FPR on clean rows
+    mask_iou         mean IoU of the mask that gave the ROI against the ground truth (taken through the condition)
+    roi_empty_rate, failed, n_watermarked, n_photos
+
+and per (model, roi_source, condition) its worst severity: the severity whose mean bit accuracy is lowest (the gate's
+"lowest per-tilt mean", per condition; a tie goes to the severity farthest from the identity). Severities are in
+numeric order.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+
+import pandas as pd
+
+from harness.conditions import parse_severity, resolve
+from harness.core import metrics
+from harness.core.constants import ROI_SOURCES
+from harness.run.results import counted_bit_acc
+from harness.run.summary import TARGET_FPRS, _rounded
+
+NUMERIC = ("chosen_angle", "bits_correct", "bit_acc", "word_ok", "blind_angle", "blind_bit_acc", "iou")
+
+
+def read_condition_records(text: str) -> pd.DataFrame:
+    """records.csv text → DataFrame, ids, conditions and severities kept as text ("3:70", "007")."""
+    return pd.read_csv(io.StringIO(text), dtype={"model": str, "role": str, "sample_id": str, "kind": str,
+                                                 "bits": str, "reason": str, "mode": str, "condition": str,
+                                                 "severity": str}, keep_default_na=False,
+                       na_values={c: [""] for c in NUMERIC})
+
+
+def severity_order(severity: str) -> tuple[float, ...]:
+    return parse_severity(severity)
+
+
+def aggregate_conditions(records: pd.DataFrame, n_bits: int, fprs: tuple[float, ...] = TARGET_FPRS) -> dict:
+    """{"rows": [...per severity...], "worst": [...per condition...]}, ordered by model, ROI source, condition,
+    severity. A records frame without a `condition` column (a tilt-only run) reads as condition "tilt"."""
+    if "condition" not in records.columns:
+        records = records.assign(condition="tilt", severity=[f"{t:g}" for t in records["tilt_deg"]])
+    keys = ["model", "roi_source", "condition", "severity"]
+    groups = records.groupby(keys, sort=False)
+    order = sorted(groups.groups, key=lambda k: (k[0], ROI_SOURCES.index(k[1]), k[2], severity_order(k[3])))
+    rows = [_entry(groups.get_group(k), n_bits, fprs) for k in order]
+    worst = []
+    for (model, roi_source, condition), _ in pd.DataFrame(rows).groupby(["model", "roi_source", "condition"],
+                                                                        sort=False):
+        mine = [r for r in rows if (r["model"], r["roi_source"], r["condition"]) == (model, roi_source, condition)]
+        scored = [r for r in mine if r["bit_acc"]["mean"] is not None]
+        low = min(scored, key=lambda r: (r["bit_acc"]["mean"], -_distance(condition, r["severity"])), default=None)
+        worst.append({"model": model, "role": mine[0]["role"], "roi_source": roi_source, "condition": condition,
+                      "worst_severity": None if low is None else low["severity"],
+                      "worst_bit_acc": None if low is None else low["bit_acc"]["mean"],
+                      "severities": [r["severity"] for r in mine]})
+    return {"rows": rows, "worst": worst}
+
+
+def _distance(condition: str, severity: str) -> float:
+    """How far a severity is from the condition's identity (ties of the worst severity go to the farthest)."""
+    try:
+        identity = resolve(condition).identity
+    except (KeyError, ValueError):
+        return 0.0
+    values = parse_severity(severity)
+    return sum(abs(math.log(v / i)) if v > 0 and i > 0 else abs(v - i) for v, i in zip(values, identity))
+
+
+def _entry(rows: pd.DataFrame, n_bits: int, fprs: tuple[float, ...]) -> dict:
+    marked, clean = rows[rows["watermarked"] == 1], rows[rows["watermarked"] == 0]
+    acc = counted_bit_acc(marked["status"], marked["bit_acc"])
+    mean, half = metrics.mean_ci95(acc.to_numpy()) if len(acc) else (math.nan, math.nan)
+    entry = {
+        "model": rows["model"].iloc[0], "role": rows["role"].iloc[0], "roi_source": rows["roi_source"].iloc[0],
+        "condition": rows["condition"].iloc[0], "severity": rows["severity"].iloc[0],
+        "n_watermarked": len(marked), "n_clean": len(clean), "n_photos": int(rows["sample_id"].nunique()),
+        "bit_acc": {"mean": mean, "ci95": half},
+        "word_acc": _mean(counted_bit_acc(marked["status"], marked["word_ok"])),
+        "detection": [_detection(marked, clean, n_bits, fpr) for fpr in fprs],
+        "mask_iou": _mean(rows["iou"].dropna()),
+        "roi_empty_rate": _mean((rows["status"] == "roi_empty").astype(float)),
+        "failed": int((rows["status"] == "failed").sum()),
+    }
+    return _rounded(entry)
+
+
+def _detection(marked: pd.DataFrame, clean: pd.DataFrame, n_bits: int, fpr: float) -> dict:
+    k = metrics.binomial_threshold(n_bits, fpr)
+    tpr = metrics.tpr_at_fpr(counted_bit_acc(marked["status"], marked["bits_correct"]).to_numpy(), k) \
+        if len(marked) else math.nan
+    fp = metrics.empirical_fpr(counted_bit_acc(clean["status"], clean["bits_correct"]).to_numpy(), k) \
+        if len(clean) else math.nan
+    return {"fpr": fpr, "threshold_bits": k, "tpr": tpr, "empirical_fpr": fp, "n_clean": len(clean)}
+
+
+def _mean(values: pd.Series) -> float:
+    return float(values.mean()) if len(values) else math.nan
+
+
+def conditions_json(records_text: str, n_bits: int) -> str:
+    """The text of `conditions.json`: the same records give the same bytes."""
+    doc = aggregate_conditions(read_condition_records(records_text), n_bits)
+    return json.dumps(doc, indent=2, allow_nan=False) + "\n"
