@@ -380,14 +380,15 @@ def write_report(results_dir: Path, out: Path | None = None) -> Path:
     return path
 
 
-# runs beside the tilt sweep that a results folder may hold, each in a subfolder with its own summary.json: the main
-# job's camera-conditions run and its deployment run, on fewer photos than the sweep
-COMPANIONS = ("conditions", "deploy")
+# runs beside the tilt sweep that a results folder may hold, each in a subfolder (an evaluation's folder, or the suites'
+# full-mode folder): the main job's camera-conditions run and its deployment run, on fewer photos than the sweep
+COMPANIONS = ("conditions", "deploy/full")
 
 
 def companion_runs(results_dir: Path) -> list[tuple[Path, Results]]:
-    return [(results_dir / name, load_results(results_dir / name)) for name in COMPANIONS
-            if (results_dir / name / "summary.json").is_file()]
+    found = [results_dir / name for name in COMPANIONS]
+    return [(run, load_results(run)) for run in found
+            if (run / "summary.json").is_file() or (run / "robustness" / "summary.json").is_file()]
 
 
 def _run_sections(run_dir: Path, run: Results, main: Results, report_dir: Path) -> list[str]:
