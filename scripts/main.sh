@@ -3,7 +3,7 @@
 #   1. the tilt sweep: the suites in full mode on the shipped zoo (100 reference photos, tilts -5..+5; the set is
 #      generated once and cached under data/eval). Extra arguments go to this pytest run.
 #   2. camera conditions beyond the tilt: every condition's default grid (docs/conditions.md) and two
-#      combinations, on the first 6 + 2 reference photos (data/profile): fewer photos than the sweep, so each
+#      combinations, on the first 5 + 1 reference photos (data/profile): fewer photos than the sweep, so each
 #      severity's 95 % CI is wider (the report gives it)
 #   3. as deployed: the zoo in eager PyTorch, ONNX Runtime fp32 and int8 (suites in full mode on data/profile:
 #      accuracy over the tilt sweep, agreement with eager, latency)
@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 py=.venv/bin/python
 $py -m pytest -q suites --benchmark "$@"
-$py -m harness.data reference --n-marked 6 --n-clean 2 --out data/profile
+$py -m harness.data reference --n-marked 5 --n-clean 1 --out data/profile
 conditions=()
 for name in tilt scale perspective_pitch perspective_yaw perspective blur motion_blur jpeg brightness contrast gamma \
     noise tilt+jpeg perspective+blur; do
