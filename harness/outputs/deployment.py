@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
 from harness.core.constants import ORACLE  # noqa: E402
+from harness.core.metrics import METRICS, heading  # noqa: E402
 
 RUNTIME_LABELS = {"torch": "eager", "onnxruntime": "ORT fp32", "onnxruntime-int8": "ORT int8"}
 PLOT = "plots/bit_acc_vs_deployed_latency.png"
@@ -94,14 +95,16 @@ def _pct(x, digits: int = 2) -> str:
     return "—" if x is None else f"{100 * x:.{digits}f}"
 
 
-def deployment_table(rows: list[dict]) -> str:
+def deployment_table(rows: list[dict], tilts: tuple[float, ...]) -> str:
     body = [[d["model"], RUNTIME_LABELS.get(d["runtime"], d["runtime"]),
              f"{_pct(d['bit_acc'])} ± {_pct(d['ci95'])}", f"{_pct(d['tilt_min'], 1)}–{_pct(d['tilt_max'], 1)}",
              "eager" if d["runtime"] == "torch" else _pct(d["agreement"], 1),
              "—" if d["p50_ms"] is None else f"{d['p50_ms']:.1f} / {d['p95_ms']:.1f}",
              "—" if d["mib"] is None else f"{d['mib']:.2f}"] for d in rows]
-    headers = ["model", "runtime", "bit acc % (± 95 %)", "−5°~5° min–max %", "same bits as eager %",
-               "p50 / p95 ms", "MiB on disk"]
+    lo, hi = (f"{t:g}".replace("-", "−") for t in (min(tilts), max(tilts)))
+    sweep = f"{lo}° min–max %" if lo == hi else f"{lo}°~{hi}° min–max %"
+    headers = ["model", "runtime", f"{heading('bit_acc')} (± 95 %)", f"{sweep} {METRICS['tilt_min'].arrow}",
+               "same bits as eager % ↑", heading("latency_ms"), "MiB on disk ↓"]
     return tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
 
 
@@ -139,7 +142,8 @@ def deployment_section(summary, run_dir: Path, report_dir: Path, latency_of) -> 
             f"The same checkpoints under each runtime (onnxruntime {versions.get('onnxruntime', '?')}, BatchNorm at "
             "its running statistics, CPU). *Same bits as eager*: the share of sample-tilts whose 100 bits equal the "
             "eager model's exactly (records.csv). Latency: batch 1, a 400×400 photo, the suite's thread count; MiB "
-            "on disk: the .onnx file, or eager's checkpoint (the zoo ships fp16 weights).\n\n" + deployment_table(rows))
+            "on disk: the .onnx file, or eager's checkpoint (the zoo ships fp16 weights).\n\n"
+            + deployment_table(rows, summary.provenance.tilts))
     if plot_deployment(rows, report_dir / PLOT):
         text += f"\n\n![accuracy against latency, as deployed]({PLOT})"
     return text

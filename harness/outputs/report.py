@@ -209,7 +209,8 @@ def tilt_table(results: Results) -> str:
     tilts = sorted({float(t) for e in entries for t in e.per_tilt})
     rows = [[e.model + (" (GT mask ROI)" if e.model == ORACLE else "")]
             + [_pct(e.per_tilt.get(f"{t:g}")) for t in tilts] for e in entries]
-    return tabulate(rows, headers=["model"] + [f"{t:+g}°" for t in tilts], tablefmt="github", disable_numparse=True)
+    return tabulate(rows, headers=["model"] + [f"{_deg(t, sign=True)}°" for t in tilts], tablefmt="github",
+                    disable_numparse=True)
 
 
 def ablation_table(results: Results) -> str:
