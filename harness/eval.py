@@ -15,7 +15,6 @@ Exit codes: 0 done, 2 the run could not start (a bad argument, dataset, checkpoi
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from harness.data import DatasetError
 from harness.models import CheckpointError
 from harness.run.evaluate import evaluate
 from harness.run.options import add_shared_options, eval_config, join_option_values
+from harness.run.profile import read_conditions
 from harness.run.results import Summary
 from harness.run.spec import EvalConfig, EvalError
 
@@ -139,11 +139,11 @@ def print_conditions(out: Path) -> None:
     path = out / "conditions.json"
     if not path.is_file():
         return
-    worst = [w for w in json.loads(path.read_text())["worst"] if w["roi_source"] == "predicted"]
-    conditions = list(dict.fromkeys(w["condition"] for w in worst))
+    worst = [w for w in read_conditions(path).worst if w.roi_source == "predicted"]
+    conditions = list(dict.fromkeys(w.condition for w in worst))
     table = {}
     for w in worst:
-        table.setdefault(w["model"], {})[w["condition"]] = f"{_pct(w['worst_bit_acc'])} @ {w['worst_severity']}"
+        table.setdefault(w.model, {})[w.condition] = f"{_pct(w.worst_bit_acc)} @ {w.worst_severity}"
     rows = [[model, *(cells.get(c, "—") for c in conditions)] for model, cells in table.items()]
     print("bit accuracy % at each condition's worst severity:")
     print(tabulate(rows, headers=["model", *conditions], tablefmt="github", disable_numparse=True))

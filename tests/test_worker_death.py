@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from tiny_world import make_dataset
 
-from harness.pipeline import views
+from harness.core import processes
 
 TESTS = Path(__file__).resolve().parent
 
@@ -88,12 +88,22 @@ def test_a_worker_whose_parent_is_already_gone_exits(monkeypatch):
     def exit_(code):
         raise SystemExit(code)
 
-    monkeypatch.setattr(views.os, "_exit", exit_)
+    monkeypatch.setattr(processes.os, "_exit", exit_)
     libc = type("Libc", (), {"prctl": staticmethod(lambda *args: armed.append(args))})  # not in the test process
-    monkeypatch.setattr(views.ctypes, "CDLL", lambda *a, **kw: libc)
-    monkeypatch.setattr(views.threading, "Thread", lambda **kw: pytest.fail("no watchdog for a dead parent"))
+    monkeypatch.setattr(processes.ctypes, "CDLL", lambda *a, **kw: libc)
+    monkeypatch.setattr(processes.threading, "Thread", lambda **kw: pytest.fail("no watchdog for a dead parent"))
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     with pytest.raises(SystemExit) as exited:
-        views.die_with_parent(int(dead.stdout))  # the evaluation that started this "worker" has ended
+        processes.die_with_parent(int(dead.stdout))  # the evaluation that started this "worker" has ended
     assert exited.value.code == 1
     assert armed == [(1, signal.SIGKILL, 0, 0, 0)] or not sys.platform.startswith("linux")
+
+
+def test_the_trainers_scene_workers_die_with_the_training_too(monkeypatch):
+    from harness.distill import data
+
+    called = []
+    monkeypatch.setattr(data, "die_with_parent", lambda parent, worker: called.append((parent, worker)))
+    loader = data.make_loader(data.TrainSamples(data.FixedScenes([]), 64), sampler=[], num_workers=1)
+    loader.worker_init_fn(3)  # what each worker runs first
+    assert called == [(os.getpid(), 3)]

@@ -12,8 +12,9 @@ drawn uniformly from its range, decided by the sampler like every other draw.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Iterator, Protocol, Sequence
 
 import numpy as np
@@ -23,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from harness.core.constants import NUM_BITS
 from harness.core.geometry import rotate_tensor
+from harness.core.processes import die_with_parent
 
 if TYPE_CHECKING:
     from harness.data.synth import SynthConfig
@@ -213,12 +215,14 @@ def conditioned(scene: Scene, draw: Draw) -> Scene:
     return Scene(photo, mask, scene.secret)
 
 
-def _quiet_worker(_: int) -> None:
+def _quiet_worker(parent_pid: int, worker_id: int) -> None:
     torch.set_num_threads(1)  # two cores: a worker must not spawn a thread pool of its own
+    die_with_parent(parent_pid, worker_id)  # a killed training leaves no worker making scenes
 
 
 def make_loader(samples: TrainSamples, sampler: StepBatchSampler, num_workers: int) -> DataLoader:
-    return DataLoader(samples, batch_sampler=sampler, num_workers=num_workers, worker_init_fn=_quiet_worker,
+    return DataLoader(samples, batch_sampler=sampler, num_workers=num_workers,
+                      worker_init_fn=partial(_quiet_worker, os.getpid()),
                       persistent_workers=False, prefetch_factor=2 if num_workers > 0 else None)
 
 

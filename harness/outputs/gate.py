@@ -191,9 +191,9 @@ def _worst_by_condition(path: Path) -> dict[str, tuple[tuple[str, float], ...]]:
     if "condition" not in text.partition("\n")[0].split(","):
         return {}
     out: dict[str, list[tuple[str, float]]] = {}
-    for w in aggregate_conditions(read_condition_records(text), NUM_BITS)["worst"]:
-        if w["roi_source"] == "predicted" and w["worst_bit_acc"] is not None:
-            out.setdefault(w["model"], []).append((w["condition"], round(100.0 * w["worst_bit_acc"], 4)))
+    for w in aggregate_conditions(read_condition_records(text), NUM_BITS).worst:
+        if w.roi_source == "predicted" and w.worst_bit_acc is not None:
+            out.setdefault(w.model, []).append((w.condition, round(100.0 * w.worst_bit_acc, 4)))
     return {model: tuple(sorted(items)) for model, items in out.items()}
 
 

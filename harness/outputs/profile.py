@@ -34,7 +34,7 @@ from harness.conditions import parse_severity  # noqa: E402
 from harness.core.constants import NUM_BITS, ORACLE  # noqa: E402
 from harness.core.metrics import heading  # noqa: E402
 from harness.core.roi import box_from_mask  # noqa: E402
-from harness.run.profile import aggregate_conditions, read_condition_records  # noqa: E402
+from harness.run.profile import ConditionProfile, aggregate_conditions, read_condition_records  # noqa: E402
 from harness.run.results import counted_bit_acc  # noqa: E402
 
 GALLERY_SIZE = 8  # worst rows per model on its contact sheet
@@ -90,9 +90,9 @@ def paired_difference(marked: pd.DataFrame, student: str, teacher: str, conditio
     return float(d.mean()), se, int(d.size)
 
 
-def profile_table(frame: pd.DataFrame, doc: dict) -> str:
+def profile_table(frame: pd.DataFrame, doc: ConditionProfile) -> str:
     marked = frame[(frame["watermarked"] == 1) & (frame["roi_source"] == "predicted")]
-    worst = {(w["model"], w["condition"]): w for w in doc["worst"] if w["roi_source"] == "predicted"}
+    worst = {(w.model, w.condition): w for w in doc.worst if w.roi_source == "predicted"}
     roles = frame.drop_duplicates("model").set_index("model")["role"].to_dict()
     teacher = next((m for m in _models(frame) if roles.get(m) == "teacher"), None)
     conditions = _conditions(frame)
@@ -101,12 +101,12 @@ def profile_table(frame: pd.DataFrame, doc: dict) -> str:
         row = [model]
         for condition in conditions:
             w = worst.get((model, condition))
-            if w is None or w["worst_severity"] is None:
+            if w is None or w.worst_severity is None:
                 row.append("—")
                 continue
-            cell = f"{_pct(w['worst_bit_acc'])} @ {w['worst_severity']}"
+            cell = f"{_pct(w.worst_bit_acc)} @ {w.worst_severity}"
             if teacher is not None and model != teacher:
-                d, se, _ = paired_difference(marked, model, teacher, condition, w["worst_severity"])
+                d, se, _ = paired_difference(marked, model, teacher, condition, w.worst_severity)
                 if not math.isnan(d):
                     cell += f" ({d:+.1f} ± {se:.1f})" if not math.isnan(se) else f" ({d:+.1f})"
             row.append(cell)
@@ -114,15 +114,14 @@ def profile_table(frame: pd.DataFrame, doc: dict) -> str:
     return tabulate(rows, headers=["model", *conditions], tablefmt="github", disable_numparse=True)
 
 
-def condition_table(doc: dict, condition: str) -> str:
+def condition_table(doc: ConditionProfile, condition: str) -> str:
     rows = []
-    for r in doc["rows"]:
-        if r["condition"] != condition or r["roi_source"] != "predicted" and r["model"] != ORACLE:
+    for r in doc.rows:
+        if r.condition != condition or r.roi_source != "predicted" and r.model != ORACLE:
             continue
-        tpr = next((d["tpr"] for d in r["detection"] if d["fpr"] == 1e-3), None)
-        rows.append([r["model"], r["severity"], _pct(r["bit_acc"]["mean"], 2), _pct(r["bit_acc"]["ci95"], 2),
-                     _pct(r["word_acc"]), _pct(tpr), "—" if r["mask_iou"] is None else f"{r['mask_iou']:.3f}",
-                     _pct(r["roi_empty_rate"]), r["n_watermarked"]])
+        rows.append([r.model, r.severity, _pct(r.bit_acc.mean, 2), _pct(r.bit_acc.ci95, 2), _pct(r.word_acc),
+                     _pct(r.tpr_at(1e-3)), "—" if r.mask_iou is None else f"{r.mask_iou:.3f}",
+                     _pct(r.roi_empty_rate), r.n_watermarked])
     headers = ["model", "severity", heading("bit_acc"), "± 95 %", heading("word_acc"), heading("tpr"),
                heading("mask_iou"), heading("roi_empty_rate"), "rows"]
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
@@ -131,18 +130,18 @@ def condition_table(doc: dict, condition: str) -> str:
 # ---------------------------------------------------------------------------------------------------- plots
 
 
-def plot_condition(doc: dict, condition: str, path: Path) -> None:
-    rows = [r for r in doc["rows"] if r["condition"] == condition and r["bit_acc"]["mean"] is not None
-            and (r["roi_source"] == "predicted" or r["model"] == ORACLE)]
-    severities = sorted({r["severity"] for r in rows}, key=parse_severity)
+def plot_condition(doc: ConditionProfile, condition: str, path: Path) -> None:
+    rows = [r for r in doc.rows if r.condition == condition and r.bit_acc.mean is not None
+            and (r.roi_source == "predicted" or r.model == ORACLE)]
+    severities = sorted({r.severity for r in rows}, key=parse_severity)
     numeric = all(len(parse_severity(s)) == 1 for s in severities)
     x_of = {s: (parse_severity(s)[0] if numeric else i) for i, s in enumerate(severities)}
     fig, ax = plt.subplots(figsize=(7.6, 3.8), dpi=100)
-    for model in dict.fromkeys(r["model"] for r in rows):
-        mine = sorted((r for r in rows if r["model"] == model), key=lambda r: parse_severity(r["severity"]))
-        x = np.array([x_of[r["severity"]] for r in mine], float)
-        y = np.array([100 * r["bit_acc"]["mean"] for r in mine])
-        half = np.array([100 * (r["bit_acc"]["ci95"] or 0.0) for r in mine])
+    for model in dict.fromkeys(r.model for r in rows):
+        mine = sorted((r for r in rows if r.model == model), key=lambda r: parse_severity(r.severity))
+        x = np.array([x_of[r.severity] for r in mine], float)
+        y = np.array([100 * r.bit_acc.mean for r in mine])
+        half = np.array([100 * (r.bit_acc.ci95 or 0.0) for r in mine])
         line, = ax.plot(x, y, marker="o", linestyle="--" if model == ORACLE else "-", label=model)
         ax.fill_between(x, y - half, y + half, color=line.get_color(), alpha=0.15, linewidth=0)
     if not numeric:

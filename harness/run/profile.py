@@ -18,13 +18,15 @@ from __future__ import annotations
 import io
 import json
 import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import pandas as pd
 
 from harness.conditions import parse_severity, resolve
 from harness.core import metrics
 from harness.core.constants import ROI_SOURCES
-from harness.run.results import counted_bit_acc
+from harness.run.results import BitAcc, Detection, counted_bit_acc
 from harness.run.summary import TARGET_FPRS, _rounded
 
 NUMERIC = ("chosen_angle", "bits_correct", "bit_acc", "word_ok", "blind_angle", "blind_bit_acc", "iou")
@@ -42,26 +44,87 @@ def severity_order(severity: str) -> tuple[float, ...]:
     return parse_severity(severity)
 
 
-def aggregate_conditions(records: pd.DataFrame, n_bits: int, fprs: tuple[float, ...] = TARGET_FPRS) -> dict:
-    """{"rows": [...per severity...], "worst": [...per condition...]}, ordered by model, ROI source, condition,
-    severity. A records frame without a `condition` column (a tilt-only run) reads as condition "tilt"."""
+@dataclass(frozen=True)
+class ConditionRow:
+    """One model's figures at one severity of one condition (the summary's rules, per severity)."""
+
+    model: str
+    role: str
+    roi_source: str
+    condition: str
+    severity: str  # as written in the records: "3", "0.5", "3:70" for a combination
+    n_watermarked: int
+    n_clean: int
+    n_photos: int
+    bit_acc: BitAcc
+    word_acc: float | None
+    detection: tuple[Detection, ...]
+    mask_iou: float | None
+    roi_empty_rate: float | None
+    failed: int
+
+    def tpr_at(self, fpr: float) -> float | None:
+        return next((d.tpr for d in self.detection if d.fpr == fpr), None)
+
+    @classmethod
+    def from_entry(cls, entry: dict) -> ConditionRow:
+        return cls(**{**entry, "bit_acc": BitAcc(**entry["bit_acc"]),
+                      "detection": tuple(Detection(**d) for d in entry["detection"])})
+
+
+@dataclass(frozen=True)
+class WorstSeverity:
+    """A model's lowest severity of one condition: what the profile shows and the gate compares."""
+
+    model: str
+    role: str
+    roi_source: str
+    condition: str
+    worst_severity: str | None  # None: no severity read any bits
+    worst_bit_acc: float | None
+    severities: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ConditionProfile:
+    """`conditions.json`: the rows per severity and the worst severity per condition."""
+
+    rows: tuple[ConditionRow, ...]
+    worst: tuple[WorstSeverity, ...]
+
+    @classmethod
+    def from_dict(cls, doc: dict) -> ConditionProfile:
+        worst = tuple(WorstSeverity(**dict(w, severities=tuple(w["severities"]))) for w in doc["worst"])
+        return cls(tuple(ConditionRow.from_entry(r) for r in doc["rows"]), worst)
+
+    def to_dict(self) -> dict:
+        rows = [dict(asdict(r), detection=[asdict(d) for d in r.detection]) for r in self.rows]
+        return {"rows": rows, "worst": [dict(asdict(w), severities=list(w.severities)) for w in self.worst]}
+
+
+def aggregate_conditions(records: pd.DataFrame, n_bits: int, fprs: tuple[float, ...] = TARGET_FPRS
+                         ) -> ConditionProfile:
+    """Per severity and per condition, ordered by model, ROI source, condition, severity. A records frame without a
+    `condition` column (a tilt-only run) reads as condition "tilt"."""
     if "condition" not in records.columns:
         records = records.assign(condition="tilt", severity=[f"{t:g}" for t in records["tilt_deg"]])
     keys = ["model", "roi_source", "condition", "severity"]
     groups = records.groupby(keys, sort=False)
     order = sorted(groups.groups, key=lambda k: (k[0], ROI_SOURCES.index(k[1]), k[2], severity_order(k[3])))
-    rows = [_entry(groups.get_group(k), n_bits, fprs) for k in order]
-    worst = []
-    for (model, roi_source, condition), _ in pd.DataFrame(rows).groupby(["model", "roi_source", "condition"],
-                                                                        sort=False):
-        mine = [r for r in rows if (r["model"], r["roi_source"], r["condition"]) == (model, roi_source, condition)]
-        scored = [r for r in mine if r["bit_acc"]["mean"] is not None]
-        low = min(scored, key=lambda r: (r["bit_acc"]["mean"], -_distance(condition, r["severity"])), default=None)
-        worst.append({"model": model, "role": mine[0]["role"], "roi_source": roi_source, "condition": condition,
-                      "worst_severity": None if low is None else low["severity"],
-                      "worst_bit_acc": None if low is None else low["bit_acc"]["mean"],
-                      "severities": [r["severity"] for r in mine]})
-    return {"rows": rows, "worst": worst}
+    rows = [ConditionRow.from_entry(_entry(groups.get_group(k), n_bits, fprs)) for k in order]
+    keys = dict.fromkeys((r.model, r.roi_source, r.condition) for r in rows)  # in the rows' order
+    return ConditionProfile(tuple(rows), tuple(_worst([r for r in rows if (r.model, r.roi_source, r.condition) == k])
+                                               for k in keys))
+
+
+def _worst(mine: list[ConditionRow]) -> WorstSeverity:
+    """The severity with the lowest mean bit accuracy (ties: the one farthest from the identity)."""
+    first = mine[0]
+    scored = [r for r in mine if r.bit_acc.mean is not None]
+    low = min(scored, key=lambda r: (r.bit_acc.mean, -_distance(first.condition, r.severity)), default=None)
+    return WorstSeverity(first.model, first.role, first.roi_source, first.condition,
+                         None if low is None else low.severity, None if low is None else low.bit_acc.mean,
+                         tuple(r.severity for r in mine))
 
 
 def _distance(condition: str, severity: str) -> float:
@@ -105,7 +168,15 @@ def _mean(values: pd.Series) -> float:
     return float(values.mean()) if len(values) else math.nan
 
 
+def read_conditions(path: Path) -> ConditionProfile:
+    """A run's `conditions.json`; a malformed file is an error naming it."""
+    try:
+        return ConditionProfile.from_dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: not a conditions.json of this harness ({type(err).__name__}: {err})") from err
+
+
 def conditions_json(records_text: str, n_bits: int) -> str:
     """The text of `conditions.json`: the same records give the same bytes."""
-    doc = aggregate_conditions(read_condition_records(records_text), n_bits)
-    return json.dumps(doc, indent=2, allow_nan=False) + "\n"
+    profile = aggregate_conditions(read_condition_records(records_text), n_bits)
+    return json.dumps(profile.to_dict(), indent=2, allow_nan=False) + "\n"
