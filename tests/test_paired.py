@@ -51,7 +51,7 @@ def test_difference_and_standard_error_are_over_photos(tmp_path):
     assert mean == pytest.approx(d.mean())
     assert se == pytest.approx(d.std(ddof=1) / math.sqrt(3))
     assert half > 2 * se  # Student t with 2 degrees of freedom
-    assert p.per_tilt.loc[0.0, "d"] == pytest.approx((10 + 10 - 6) / 3)
+    assert p.per_point.loc["+0°", "d"] == pytest.approx((10 + 10 - 6) / 3)
     text = paired.render(p, top=2)
     assert "+1.33 points" in text and "up by more than 0.5 points: 1; down: 1" in text
     assert "p1" in text and "p3" in text and "p2" not in text.split("moved most")[1]
@@ -62,7 +62,7 @@ def test_failed_rows_count_as_zero_and_only_shared_photos_and_tilts_are_compared
     b = _write(tmp_path / "b", {"m": {"p1": [1.0, float("nan")], "p2": [1.0, 1.0]}}, tilts=(0.0, 1.0))
     p = _compare(str(a), str(b))  # one model per run: the name may be left out
     assert (p.only_a, p.only_b) == (1, 0)
-    assert list(p.per_tilt.index) == [0.0, 1.0]
+    assert list(p.per_point.index) == ["+0°", "+1°"]
     assert p.per_photo.loc["p1", "b"] == pytest.approx(50.0)
     assert p.difference()[0] == pytest.approx(-25.0)
     assert "Left out: 1 photos only A read" in paired.render(p, top=3)
@@ -86,7 +86,7 @@ def test_cli_prints_the_three_tables(tmp_path, capsys):
     assert paired_main([f"{run}:teacher", f"{run}:student", "--top", "1"]) == 0
     out = capsys.readouterr().out
     assert "B − A: **-2.50 points** over 2 photos" in out
-    assert "| tilt °" in out and "| photo" in out
+    assert "| tilt or condition" in out and "| photo" in out
     assert "| p1 " in out and "| p2 " not in out  # --top 1
 
 
@@ -103,3 +103,25 @@ def test_empty_rois_count_as_zero_through_the_shared_rule_and_missing_iou_reads_
     p2 = next(line for line in moved.splitlines() if line.startswith("| p2"))
     assert [c.strip() for c in p2.split("|")[-3:-1]] == ["n/a", "n/a"]  # no ground-truth mask: n/a, not 0 or blank
     assert "| 0.00 " in next(line for line in moved.splitlines() if line.startswith("| p1"))  # a real 0 stays 0
+
+
+def test_a_conditions_run_is_compared_per_condition_and_severity_never_pooled(tmp_path):
+    import pandas as pd
+
+    points = [("blur", "0"), ("blur", "3"), ("jpeg", "100"), ("jpeg", "40")]
+    rows = []
+    for model, loss_at_blur3 in (("teacher", 0.0), ("student", 0.2)):
+        for photo in ("p1", "p2"):
+            for condition, severity in points:
+                acc = 0.9 - (loss_at_blur3 if (condition, severity) == ("blur", "3") else 0.0)
+                rows.append(dict(vars(_record(model, photo, 0.0, acc)), condition=condition, severity=severity))
+    frame = pd.read_csv(__import__("io").StringIO(to_csv([_record("x", "p", 0.0, 1.0)], ANGLES)))
+    frame = pd.DataFrame([{c: r.get(c, "") for c in frame.columns} | {"condition": r["condition"],
+                          "severity": r["severity"], "watermarked": 1} for r in rows])
+    run = tmp_path / "run"
+    run.mkdir()
+    frame.to_csv(run / "records.csv", index=False)
+    p = _compare(f"{run}:teacher", f"{run}:student")
+    assert list(p.per_point.index) == ["blur 0", "blur 3", "jpeg 40", "jpeg 100"]  # each point apart, in order
+    assert p.per_point.loc["blur 3", "d"] == pytest.approx(-20.0)
+    assert p.per_point.loc["jpeg 40", "d"] == pytest.approx(0.0)

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
+from harness.conditions import parse_severity
 from harness.core import metrics
 from harness.run.results import counted_bit_acc
 from harness.run.summary import read_records
@@ -51,7 +52,7 @@ class Paired:
     a: Side
     b: Side
     per_photo: pd.DataFrame  # index sample_id; columns a, b, d (points), iou_a, iou_b
-    per_tilt: pd.DataFrame  # index tilt_deg; columns a, b, d, se (points)
+    per_point: pd.DataFrame  # index: the tilt ("+3°") or "condition severity"; columns a, b, d, se (points)
     only_a: int  # photos only side A read
     only_b: int
 
@@ -90,7 +91,17 @@ def load_side(side: Side) -> tuple[Side, pd.DataFrame]:
     # A model read with both ROI sources is compared on its own mask's reading.
     if rows["roi_source"].nunique() > 1:
         rows = rows[rows["roi_source"] == "predicted"]
-    return side, rows.assign(points=counted_bit_acc(rows["status"], rows["bit_acc"]) * 100.0)
+    return side, _with_points(rows.assign(points=counted_bit_acc(rows["status"], rows["bit_acc"]) * 100.0))
+
+
+def _with_points(rows: pd.DataFrame) -> pd.DataFrame:
+    """Each row's point of the sweep: its tilt, or in a camera-conditions run its condition and severity (a run's
+    conditions are compared point by point, never pooled with one another)."""
+    if "condition" not in rows.columns:
+        return rows.assign(point=[f"{t:+g}°" for t in rows["tilt_deg"]], order=[(t,) for t in rows["tilt_deg"]])
+    severities = rows["severity"].astype(str)
+    return rows.assign(point=rows["condition"].astype(str) + " " + severities,
+                       order=[(c, *parse_severity(s)) for c, s in zip(rows["condition"], severities)])
 
 
 def _only_model(records: pd.DataFrame, path: Path) -> str:
@@ -101,30 +112,33 @@ def _only_model(records: pd.DataFrame, path: Path) -> str:
 
 
 def pair(a: Side, rows_a: pd.DataFrame, b: Side, rows_b: pd.DataFrame) -> Paired:
-    tilts = sorted(set(rows_a["tilt_deg"]) & set(rows_b["tilt_deg"]))
-    rows_a, rows_b = rows_a[rows_a["tilt_deg"].isin(tilts)], rows_b[rows_b["tilt_deg"].isin(tilts)]
+    points = set(rows_a["point"]) & set(rows_b["point"])
+    rows_a, rows_b = rows_a[rows_a["point"].isin(points)], rows_b[rows_b["point"].isin(points)]
     photos_a, photos_b = set(rows_a["sample_id"]), set(rows_b["sample_id"])
     common = sorted(photos_a & photos_b)
     if not common:
-        raise PairedInputError(f"{a.label} and {b.label} share no watermarked photo at a common tilt")
+        raise PairedInputError(f"{a.label} and {b.label} share no watermarked photo at a common tilt or condition")
     rows_a, rows_b = rows_a[rows_a["sample_id"].isin(common)], rows_b[rows_b["sample_id"].isin(common)]
     per_photo = pd.DataFrame({"a": _by(rows_a, "sample_id", "points"), "b": _by(rows_b, "sample_id", "points")})
     per_photo["d"] = per_photo["b"] - per_photo["a"]
     per_photo["iou_a"] = _by(rows_a, "sample_id", "iou")
     per_photo["iou_b"] = _by(rows_b, "sample_id", "iou")
-    return Paired(a, b, per_photo, _per_tilt(rows_a, rows_b), len(photos_a - photos_b), len(photos_b - photos_a))
+    return Paired(a, b, per_photo, _per_point(rows_a, rows_b), len(photos_a - photos_b), len(photos_b - photos_a))
 
 
 def _by(rows: pd.DataFrame, key: str, column: str) -> pd.Series:
     return rows.groupby(key)[column].mean()
 
 
-def _per_tilt(rows_a: pd.DataFrame, rows_b: pd.DataFrame) -> pd.DataFrame:
-    a = rows_a.pivot_table(index="sample_id", columns="tilt_deg", values="points", aggfunc="mean")
-    b = rows_b.pivot_table(index="sample_id", columns="tilt_deg", values="points", aggfunc="mean")
+def _per_point(rows_a: pd.DataFrame, rows_b: pd.DataFrame) -> pd.DataFrame:
+    """Per tilt (or condition and severity), in sweep order: A, B, B − A and its paired standard error."""
+    a = rows_a.pivot_table(index="sample_id", columns="point", values="points", aggfunc="mean")
+    b = rows_b.pivot_table(index="sample_id", columns="point", values="points", aggfunc="mean")
     d = b - a
-    return pd.DataFrame({"a": a.mean(), "b": b.mean(), "d": d.mean(),
-                         "se": [_se(d[t].dropna().to_numpy()) for t in d.columns]})
+    order = dict(zip(rows_a["point"], rows_a["order"]))
+    table = pd.DataFrame({"a": a.mean(), "b": b.mean(), "d": d.mean(),
+                          "se": [_se(d[p].dropna().to_numpy()) for p in d.columns]})
+    return table.loc[sorted(table.index, key=order.__getitem__)]
 
 
 def _se(values: np.ndarray) -> float:
@@ -162,8 +176,8 @@ def _spread(mean: float, se: float, half: float) -> str:
 
 
 def _tilt_table(p: Paired) -> str:
-    rows = [[f"{t:+g}", f"{r.a:.2f}", f"{r.b:.2f}", f"{r.d:+.2f}", f"{r.se:.2f}"] for t, r in p.per_tilt.iterrows()]
-    return tabulate(rows, headers=["tilt °", "A %", "B %", "B − A", "se"], tablefmt="github",
+    rows = [[point, f"{r.a:.2f}", f"{r.b:.2f}", f"{r.d:+.2f}", f"{r.se:.2f}"] for point, r in p.per_point.iterrows()]
+    return tabulate(rows, headers=["tilt or condition", "A %", "B %", "B − A", "se"], tablefmt="github",
                     disable_numparse=True)
 
 
@@ -171,7 +185,7 @@ def _moved_table(p: Paired, top: int) -> str:
     moved = p.per_photo.reindex(p.per_photo["d"].abs().sort_values(ascending=False, kind="stable").index).head(top)
     rows = [[sid, f"{r.a:.1f}", f"{r.b:.1f}", f"{r.d:+.1f}", _iou(r.iou_a), _iou(r.iou_b)]
             for sid, r in moved.iterrows()]
-    return ("Photos that moved most (mean over tilts):\n\n"
+    return ("Photos that moved most (mean over the tilts or conditions):\n\n"
             + tabulate(rows, headers=["photo", "A %", "B %", "B − A", "IoU A", "IoU B"], tablefmt="github",
                        disable_numparse=True))
 
