@@ -21,17 +21,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10: the same parser as the tomli package (a dependency there)
-    import tomli as tomllib
-
 from harness.core.constants import PHOTO_SIDE, SEARCH_ANGLES
+from harness.core.toml import tomllib
 
 
 class RecipeError(ValueError):

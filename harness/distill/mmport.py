@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from harness.core.toml import tomllib
 from harness.distill.config import Recipe, RecipeError, recipe_from_dict, recipe_to_json
 from harness.distill.mmconfig import MMConfig
 
@@ -122,8 +123,6 @@ class Port:
         lines = [f"Converted by `{command}`.", "", *self.report().splitlines()]
         header = "\n".join(f"# {line}".rstrip() for line in lines)
         text = header + "\n\n" + dump_toml(self.tables, self.origins)
-        import tomllib
-
         back = recipe_from_dict(tomllib.loads(text), str(self.source))
         if recipe_to_json(back) != recipe_to_json(recipe):  # e.g. a None in the distiller, which TOML cannot hold
             raise PortError(f"{self.source}: the TOML form would not give the same recipe; train the .py directly")

@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,13 +24,9 @@ from typing import Any
 import torch
 
 from harness.core.constants import ROLES
+from harness.core.toml import tomllib
 from harness.models.checkpoint import CheckpointError, sha256_file
 from harness.models.localizer import Localizer, build_localizer
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 _CARD_FIELDS = {"name", "arch", "role", "input_size", "flip_test", "checkpoint", "sha256", "recipe", "lineage",
                 "notes", "training"}
