@@ -27,7 +27,7 @@ from harness.conditions import parse_severity, resolve
 from harness.core import metrics
 from harness.core.constants import ROI_SOURCES
 from harness.run.results import BitAcc, Detection, counted_bit_acc
-from harness.run.summary import TARGET_FPRS, _rounded
+from harness.run.summary import TARGET_FPRS, detection, mean_or_nan, rounded
 
 NUMERIC = ("chosen_angle", "bits_correct", "bit_acc", "word_ok", "blind_angle", "blind_bit_acc", "iou")
 
@@ -146,26 +146,13 @@ def _entry(rows: pd.DataFrame, n_bits: int, fprs: tuple[float, ...]) -> dict:
         "condition": rows["condition"].iloc[0], "severity": rows["severity"].iloc[0],
         "n_watermarked": len(marked), "n_clean": len(clean), "n_photos": int(rows["sample_id"].nunique()),
         "bit_acc": {"mean": mean, "ci95": half},
-        "word_acc": _mean(counted_bit_acc(marked["status"], marked["word_ok"])),
-        "detection": [_detection(marked, clean, n_bits, fpr) for fpr in fprs],
-        "mask_iou": _mean(rows["iou"].dropna()),
-        "roi_empty_rate": _mean((rows["status"] == "roi_empty").astype(float)),
+        "word_acc": mean_or_nan(counted_bit_acc(marked["status"], marked["word_ok"])),
+        "detection": [detection(marked, clean, n_bits, fpr) for fpr in fprs],
+        "mask_iou": mean_or_nan(rows["iou"].dropna()),
+        "roi_empty_rate": mean_or_nan((rows["status"] == "roi_empty").astype(float)),
         "failed": int((rows["status"] == "failed").sum()),
     }
-    return _rounded(entry)
-
-
-def _detection(marked: pd.DataFrame, clean: pd.DataFrame, n_bits: int, fpr: float) -> dict:
-    k = metrics.binomial_threshold(n_bits, fpr)
-    tpr = metrics.tpr_at_fpr(counted_bit_acc(marked["status"], marked["bits_correct"]).to_numpy(), k) \
-        if len(marked) else math.nan
-    fp = metrics.empirical_fpr(counted_bit_acc(clean["status"], clean["bits_correct"]).to_numpy(), k) \
-        if len(clean) else math.nan
-    return {"fpr": fpr, "threshold_bits": k, "tpr": tpr, "empirical_fpr": fp, "n_clean": len(clean)}
-
-
-def _mean(values: pd.Series) -> float:
-    return float(values.mean()) if len(values) else math.nan
+    return rounded(entry)
 
 
 def read_conditions(path: Path) -> ConditionProfile:

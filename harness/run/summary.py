@@ -66,22 +66,22 @@ def _model_entry(rows: pd.DataFrame, n_bits: int, fprs: tuple[float, ...]) -> di
         "n_rows": len(rows), "n_watermarked": len(marked), "n_clean": len(clean),
         "n_photos": int(rows["sample_id"].nunique()),
         "bit_acc": {"mean": mean, "ci95": half},
-        "bit_acc_ok": _mean(marked.loc[marked["status"] == "ok", "bit_acc"]),
+        "bit_acc_ok": mean_or_nan(marked.loc[marked["status"] == "ok", "bit_acc"]),
         "per_tilt": {f"{t:g}": float(v) for t, v in per_tilt.items()},
         "tilt_min": float(per_tilt.min()) if len(per_tilt) else math.nan,
         "tilt_max": float(per_tilt.max()) if len(per_tilt) else math.nan,
-        "word_acc": _mean(counted_bit_acc(marked["status"], marked["word_ok"])),
-        "blind_bit_acc": _mean(counted_bit_acc(marked["status"], marked["blind_bit_acc"])),
-        "detection": [_detection(marked, clean, n_bits, fpr) for fpr in fprs],
-        "mask_iou": _mean(rows["iou"].dropna()),
-        "roi_empty_rate": _mean((rows["status"] == "roi_empty").astype(float)),
+        "word_acc": mean_or_nan(counted_bit_acc(marked["status"], marked["word_ok"])),
+        "blind_bit_acc": mean_or_nan(counted_bit_acc(marked["status"], marked["blind_bit_acc"])),
+        "detection": [detection(marked, clean, n_bits, fpr) for fpr in fprs],
+        "mask_iou": mean_or_nan(rows["iou"].dropna()),
+        "roi_empty_rate": mean_or_nan((rows["status"] == "roi_empty").astype(float)),
         "failed": int((rows["status"] == "failed").sum()),
         "failures": _failures(rows),
     }
-    return _rounded(entry)
+    return rounded(entry)
 
 
-def _detection(marked: pd.DataFrame, clean: pd.DataFrame, n_bits: int, fpr: float) -> dict:
+def detection(marked: pd.DataFrame, clean: pd.DataFrame, n_bits: int, fpr: float) -> dict:
     k = metrics.binomial_threshold(n_bits, fpr)
     return {"fpr": fpr, "threshold_bits": k,
             "tpr": metrics.tpr_at_fpr(counted_bit_acc(marked["status"], marked["bits_correct"]).to_numpy(), k),
@@ -96,16 +96,16 @@ def _failures(rows: pd.DataFrame) -> list[dict]:
             for r in bad.head(MAX_LISTED_FAILURES).itertuples()]
 
 
-def _mean(values: pd.Series) -> float:
+def mean_or_nan(values: pd.Series) -> float:
     return float(values.mean()) if len(values) else math.nan
 
 
-def _rounded(value):
+def rounded(value):
     """Floats at 6 significant digits (NaN and inf → None, for strict JSON); numpy scalars as Python numbers."""
     if isinstance(value, dict):
-        return {k: _rounded(v) for k, v in value.items()}
+        return {k: rounded(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_rounded(v) for v in value]
+        return [rounded(v) for v in value]
     if isinstance(value, (float, np.floating)):
         return float(f"{float(value):.6g}") if math.isfinite(value) else None
     if isinstance(value, np.integer):
