@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image, ImageDraw
-from test_torchrun import ENTRY, TESTS, _free_port, _run
-from tiny_world import BrightLocalizer, CellSDecoder, make_dataset
+from test_torchrun import ENTRY, TESTS, _run
+from tiny_world import BrightLocalizer, CellSDecoder, make_dataset, torchrun
 
 import harness.run.summary as summary_module
 from harness.conditions import (
@@ -247,9 +247,8 @@ def test_two_processes_write_the_conditions_records_of_one(tmp_path):
             "--chunk-size", "1", "--workers", "0", "--quiet"]
     single = _run([sys.executable, str(entry), *args, "--out", str(tmp_path / "one")], tmp_path)
     assert single.returncode == 0, single.stderr
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-                "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(entry)]
-    double = _run([*torchrun, *args, "--out", str(tmp_path / "two")], tmp_path)
+    command = [*torchrun(entry)]
+    double = _run([*command, *args, "--out", str(tmp_path / "two")], tmp_path)
     assert double.returncode == 0, double.stderr[-3000:]
     one = (tmp_path / "one" / "records.csv").read_text()
     assert (tmp_path / "two" / "records.csv").read_text() == one

@@ -2,25 +2,19 @@
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
 import torch
+from tiny_world import free_port
 
 from tests.distill_world import ddp_worker, save_teacher
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.slow
 def test_ddp_two_processes_train_the_same_weights(tmp_path):
     ckpt = save_teacher(str(tmp_path / "teacher.pt"))
     out = tmp_path / "run"
-    torch.multiprocessing.spawn(ddp_worker, args=(2, _free_port(), str(out), ckpt), nprocs=2, join=True)
+    torch.multiprocessing.spawn(ddp_worker, args=(2, free_port(), str(out), ckpt), nprocs=2, join=True)
     rank0, rank1 = (torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert rank0["step"] == rank1["step"] == 3
     for key, value in rank0["student"].items():

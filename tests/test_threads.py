@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from dataclasses import replace
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_world import BrightLocalizer, CellSDecoder, make_dataset
+from tiny_world import BrightLocalizer, CellSDecoder, make_dataset, torchrun
 
 from harness.data.reference import ReferenceSetConfig, reference_set
 from harness.pipeline.batched import NamedLocalizer
@@ -33,11 +32,6 @@ from harness.eval import main
 sys.exit(main(sys.argv[2:]))
 """
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -58,9 +52,8 @@ def test_records_do_not_depend_on_the_ambient_thread_count_or_torchrun(tmp_path)
         done = _run([sys.executable, str(entry), str(ambient), *args, "--out", str(tmp_path / f"a{ambient}")], ROOT)
         assert done.returncode == 0, done.stderr[-3000:]
         records[ambient] = (tmp_path / f"a{ambient}" / "records.csv").read_bytes()
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-                "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(entry), "2"]
-    done = _run([*torchrun, *args, "--out", str(tmp_path / "torchrun")], ROOT)
+    command = [*torchrun(entry), "2"]
+    done = _run([*command, *args, "--out", str(tmp_path / "torchrun")], ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
 
     assert records[2] == records[1]

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
-from tiny_world import make_dataset
+from tiny_world import make_dataset, torchrun
 
 TESTS = Path(__file__).resolve().parent
 
@@ -35,11 +34,6 @@ sys.exit(main())
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same threads in every process: the same arithmetic
@@ -54,9 +48,8 @@ def test_two_processes_write_the_records_of_one(tmp_path):
             "--data", str(data), "--tilts", "-1,2", "--chunk-size", "1", "--workers", "0", "--quiet"]
     single = _run([sys.executable, str(entry), *args, "--out", str(tmp_path / "one")], tmp_path)
     assert single.returncode == 0, single.stderr
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-                "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(entry)]
-    double = _run([*torchrun, *args, "--out", str(tmp_path / "two")], tmp_path)
+    command = [*torchrun(entry)]
+    double = _run([*command, *args, "--out", str(tmp_path / "two")], tmp_path)
     assert double.returncode == 0, double.stderr[-3000:]
 
     one = (tmp_path / "one" / "records.csv").read_text()

@@ -6,6 +6,8 @@ brightness against the ROI's mean (BatchNorm again). Both are cheap enough for m
 """
 from __future__ import annotations
 
+import socket
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -108,3 +110,16 @@ def make_dataset(root: Path, n_marked: int = 4, n_clean: int = 1, seed: int = 0)
                      "mask_file": f"p{i:03d}_mask.png", "kind": "random" if marked else "clean"})
     write_manifest(root, rows)
     return root
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback for a torchrun or DDP rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(script: Path, processes: int = 2) -> list[str]:
+    """The command that runs `script` in `processes` gloo processes on this machine (its arguments follow)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(processes),
+            "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(script)]
