@@ -160,8 +160,9 @@ def trained_input_size(arch: str, ckpt: str | Path) -> tuple[int, Path] | None:
 def _checkpoint_model(ckpt: Path) -> dict[str, Any]:
     """The [model] table of the recipe a checkpoint carries (`{"state_dict": ..., "config": ...}`); {} otherwise."""
     try:
-        saved = torch.load(ckpt, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001  (an unreadable file is reported by the loader, with its name, later)
+        # mmap: only the pickled structure is read here, never the tensors (the loader reads those once, later)
+        saved = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001  (an unreadable or pre-zip file is reported by the loader, named, later)
         return {}
     config = saved.get("config") if isinstance(saved, dict) else None
     model = config.get("model") if isinstance(config, dict) else None
