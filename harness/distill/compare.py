@@ -30,7 +30,7 @@ def compare(runs: list[Path], data: str, tilts: tuple[float, ...], out: Path) ->
     cfg = EvalConfig(localizers=tuple(specs), sdecoder=ModelSpec("reference_sdecoder"), data=data, tilts=tilts,
                      bn_mode="eval", oracle=False, mode="compare")
     summary = evaluate(cfg, out)
-    acc = {e["model"]: e["bit_acc"]["mean"] for e in summary.results if e["roi_source"] == "predicted"}
+    acc = {row.model: row.bit_acc.mean for row in summary.rows("predicted")}
     table: dict[tuple[str, str], list[tuple[int, float]]] = {}
     for spec, (arch, kd, seed) in zip(specs, groups):
         table.setdefault((arch, kd), []).append((seed, acc[spec.label]))

@@ -193,10 +193,6 @@ class SummaryRow:
                            for f in r.items("failures")),
         )
 
-    def __getitem__(self, key: str):
-        """Read-only dict-style access for callers not yet on the typed fields (harness/distill/compare.py)."""
-        return self.to_dict()[key]
-
 
 # ------------------------------------------------------------------------------------------------ provenance
 
